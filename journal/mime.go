@@ -43,7 +43,13 @@ type lineReader struct {
 const readBufSize = 32 << 10
 
 func newLineReader(r io.Reader, base int64) *lineReader {
-	return &lineReader{br: bufio.NewReaderSize(r, readBufSize), off: base, atStart: true}
+	size := readBufSize
+	// Most reports are a few KiB: a buffer sized to a small input saves
+	// allocating the full one for each of the several reads of a parse.
+	if s, ok := r.(interface{ Size() int64 }); ok && s.Size() < int64(size) {
+		size = max(int(s.Size()), 16)
+	}
+	return &lineReader{br: bufio.NewReaderSize(r, size), off: base, atStart: true}
 }
 
 // next returns the next line or line fragment. The slice is valid only until
@@ -275,14 +281,15 @@ func readHeaderBlock(r io.Reader, maxBytes int) (hdr []byte, bodyOff int64, err 
 // continuation is skipped rather than failing the message, because a report
 // whose header has one broken line still names its recipients.
 func parseHeader(b []byte) textproto.Header {
+	type field struct{ k, v string }
 	var (
-		h          textproto.Header
+		fields     []field
 		key        string
 		val        strings.Builder
 		have       bool
 		flushField = func() {
 			if have {
-				h.Add(key, val.String())
+				fields = append(fields, field{key, val.String()})
 			}
 			have = false
 		}
@@ -320,6 +327,13 @@ func parseHeader(b []byte) textproto.Header {
 		val.Write(bytes.Trim(line[i+1:], " \t"))
 	}
 	flushField()
+	// go-message's Header keeps fields newest-first and Get returns the
+	// last one added; adding in reverse makes Get return the first field
+	// in message order, as for a header read by textproto.ReadHeader.
+	var h textproto.Header
+	for i := len(fields) - 1; i >= 0; i-- {
+		h.Add(fields[i].k, fields[i].v)
+	}
 	return h
 }
 
