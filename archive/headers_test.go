@@ -1,0 +1,80 @@
+package archive
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseHeaders(t *testing.T) {
+	cases := []struct {
+		name, raw string
+		check     func(t *testing.T, h Headers)
+	}{
+		{"plain", "From: Alice <Alice@Example.COM>\r\nTo: b@x.org, \"C\" <c@y.org>\r\nCc: d@z.org\r\nSubject: hello\r\nDate: Sun, 22 Nov 2026 10:00:00 +0100\r\nMessage-ID: <abc@host>\r\n\r\nbody",
+			func(t *testing.T, h Headers) {
+				if h.From[0] != "alice@example.com" || h.FromDisplay != "Alice <Alice@Example.COM>" || len(h.To) != 2 || h.Cc[0] != "d@z.org" ||
+					h.Subject != "hello" || h.MessageID != "abc@host" || !h.Date.Equal(time.Date(2026, 11, 22, 9, 0, 0, 0, time.UTC)) {
+					t.Fatalf("%+v", h)
+				}
+			}},
+		{"rfc2047 utf-8 and latin1", "From: =?ISO-8859-1?Q?Andr=E9?= <andre@example.com>\r\nSubject: =?UTF-8?B?0J/RgNC40LLQtdGC?= =?iso-8859-15?q?=A4uro?=\r\n\r\n",
+			func(t *testing.T, h Headers) {
+				if h.Subject != "Привет€uro" || !strings.HasPrefix(h.FromDisplay, "André") {
+					t.Fatalf("%q %q", h.Subject, h.FromDisplay)
+				}
+			}},
+		{"windows-1252 and koi8-r", "Subject: =?windows-1252?Q?=93quoted=94?= =?koi8-r?B?8NLJ18XU?=\r\n\r\n",
+			func(t *testing.T, h Headers) {
+				if h.Subject != "“quoted”Привет" {
+					t.Fatalf("%q", h.Subject)
+				}
+			}},
+		{"raw 8-bit", "From: b\xe9b <bob@example.com>\r\nSubject: caf\xe9\r\n\r\n",
+			func(t *testing.T, h Headers) {
+				if h.Subject != "café" || len(h.Problems) == 0 {
+					t.Fatalf("%q %v", h.Subject, h.Problems)
+				}
+			}},
+		{"malformed from", "From: not an address, bob at example\r\nSender: <real@example.com>\r\n\r\n",
+			func(t *testing.T, h Headers) {
+				if len(h.Problems) == 0 {
+					t.Fatalf("%+v", h)
+				}
+			}},
+		{"no header", "\r\njust a body\r\n", func(t *testing.T, h Headers) {
+			if h.Subject != "" || len(h.From) != 0 {
+				t.Fatalf("%+v", h)
+			}
+		}},
+		{"truncated", "Subject: cut\r\nFrom: a@b.c\r\nX-Long: aaa", func(t *testing.T, h Headers) {
+			if h.Subject != "cut" || h.From[0] != "a@b.c" {
+				t.Fatalf("%+v", h)
+			}
+		}},
+		{"odd date", "Date: 22 Nov 2026 10:00 GMT\r\n\r\n", func(t *testing.T, h Headers) {
+			if h.Date.IsZero() {
+				t.Fatalf("%+v", h)
+			}
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) { tc.check(t, ParseHeaders([]byte(tc.raw))) })
+	}
+}
+
+func FuzzParseHeaders(f *testing.F) {
+	f.Add([]byte("From: =?UTF-8?B?0J/RgNC40LLQtdGC?= <a@b.c>\r\nSubject: x\r\n\r\n"))
+	f.Add([]byte("To: \"a\\\" <b@c>, <d@e>;\r\nDate: nope\r\n\r\n"))
+	f.Add([]byte("Subject: =?x-unknown?q?abc?=\r\n \r\n"))
+	f.Fuzz(func(t *testing.T, head []byte) {
+		h := ParseHeaders(head)
+		for _, s := range append(append(h.From, h.To...), h.Subject, h.MessageID, h.FromDisplay) {
+			if !utf8Valid(s) {
+				t.Fatalf("invalid UTF-8 %q", s)
+			}
+		}
+	})
+}
+
+func utf8Valid(s string) bool { return strings.ToValidUTF8(s, "\uFFFD") == s }
