@@ -376,7 +376,7 @@ func mediaType(v string) (typ string, params map[string]string) {
 // looseParam finds name=value in a parameter list that mime.ParseMediaType
 // rejected (duplicate or malformed parameters are common in the wild).
 func looseParam(v, name string) string {
-	lv := strings.ToLower(v)
+	lv := asciiLower(v) // same length as v, so indexes carry over
 	for from := 0; ; {
 		i := strings.Index(lv[from:], name)
 		if i < 0 {
@@ -403,6 +403,18 @@ func looseParam(v, name string) string {
 		}
 		return rest
 	}
+}
+
+// asciiLower lower-cases ASCII letters only. Unlike strings.ToLower it
+// never changes the length of its input (which invalid UTF-8 would).
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
 }
 
 // filename is the attachment's name from Content-Disposition or, failing

@@ -147,6 +147,8 @@ func TestMediaType(t *testing.T) {
 		{`multipart/mixed; boundary="q"; boundary="q"`, "multipart/mixed", "q"}, // duplicate: rejected by mime
 		{`multipart/mixed; foo; boundary=x;`, "multipart/mixed", "x"},
 		{`multipart/mixed; xboundary=no`, "multipart/mixed", ""},
+		// Invalid UTF-8 before the parameter (found by FuzzParse).
+		{"multipart/x; \xbf\xbf boundary=\xbfb", "multipart/x", "\xbfb"},
 	} {
 		typ, params := mediaType(tc.in)
 		if typ != tc.typ || params["boundary"] != tc.boundary {

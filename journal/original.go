@@ -95,6 +95,9 @@ type base64Filter struct {
 }
 
 func (f *base64Filter) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
 	for {
 		n, err := f.r.Read(p)
 		k := 0
