@@ -1,0 +1,340 @@
+package balancer
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// Session results, as logged and counted.
+const (
+	resultOK          = "ok"
+	resultNoServer    = "no_server"
+	resultMaxSessions = "max_sessions"
+	resultIdle        = "idle_timeout"
+	resultShutdown    = "shutdown"
+	resultClientGone  = "client_gone"
+	resultError       = "error"
+)
+
+// rejectLinger bounds how long a refused client is given to read our 421
+// before the connection is closed.
+const rejectLinger = 2 * time.Second
+
+// session is one client connection, tracked so a shutdown that runs out of
+// time can close it.
+type session struct {
+	client *net.TCPConn
+
+	mu      sync.Mutex
+	backend net.Conn
+	killed  bool
+}
+
+func (s *session) setBackend(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.backend = c
+	return !s.killed
+}
+
+func (s *session) kill() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.killed = true
+	s.client.Close()
+	if s.backend != nil {
+		s.backend.Close()
+	}
+}
+
+func (s *session) wasKilled() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.killed
+}
+
+func (b *Balancer) acceptLoop(ctx context.Context, fe *frontend) {
+	var backoff time.Duration
+	for {
+		c, err := fe.ln.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: back off, as net/http does.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			b.log.WithError(err).WithField("frontend", fe.name).Warn("accept failed")
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			continue
+		}
+		backoff = 0
+		s := &session{client: c}
+		b.liveMu.Lock()
+		b.live[s] = struct{}{}
+		b.sessions.Add(1)
+		b.liveMu.Unlock()
+		go func() {
+			defer b.sessions.Done()
+			b.serve(fe, s)
+			b.liveMu.Lock()
+			delete(b.live, s)
+			b.liveMu.Unlock()
+		}()
+	}
+}
+
+// serve runs one client session: it finds a server that greets with 220
+// (trying the next eligible one after a refused connect, a timeout or a
+// 4xx/5xx greeting), relays that greeting and then splices both ways. When
+// no server is left the client is answered 421 4.3.2. It logs one line.
+func (b *Balancer) serve(fe *frontend, sess *session) {
+	start := time.Now()
+	client := sess.client
+	defer client.Close()
+	fc := fe.cfg.Load()
+	log := b.log.WithFields(logrus.Fields{"frontend": fe.name, "pool": fc.Pool, "client": client.RemoteAddr().String()})
+	n := fe.active.Add(1)
+	defer fe.active.Add(-1)
+	fe.sessions.Add(1)
+
+	if fc.MaxSessions > 0 && n > int64(fc.MaxSessions) {
+		fe.rejected.Add(1)
+		reject(client, "too many sessions, try again later")
+		log.WithFields(logrus.Fields{"result": resultMaxSessions, "duration": time.Since(start).Seconds()}).Warn("session")
+		return
+	}
+	p := b.pool(fc.Pool)
+	if p == nil { // the pool went away in a reload between the two loads
+		fc = fe.cfg.Load()
+		if p = b.pool(fc.Pool); p == nil {
+			fe.noServer.Add(1)
+			reject(client, "no server available, try again later")
+			log.WithFields(logrus.Fields{"result": resultNoServer, "duration": time.Since(start).Seconds()}).Warn("session")
+			return
+		}
+	}
+	tries, proxy := p.sessionParams()
+	key := clientKey(client.RemoteAddr())
+	var tried []*server
+	var lastErr error = errNoServer
+	for len(tried) < tries {
+		s, err := p.acquire(b.hardCtx, key, tried, fc.QueueTimeout)
+		if err != nil {
+			lastErr = err
+			break
+		}
+		tried = append(tried, s)
+		backend, greeting, kind, err := b.connect(b.hardCtx, s, client, proxy, fc)
+		if err != nil {
+			out := p.tryFailed(s, kind, err)
+			p.release(s)
+			lastErr = err
+			tl := log.WithFields(logrus.Fields{"server": s.name, "try": len(tried), "error": err.Error(), "failure": kind})
+			tl.Warn("server try failed")
+			if out {
+				tl.Warn("server marked unavailable")
+			}
+			continue
+		}
+		if p.tryOK(s) {
+			log.WithField("server", s.name).Info("server available again")
+		}
+		in, out, result := b.relay(sess, backend, greeting, fc.IdleTimeout)
+		p.release(s)
+		s.bytesIn.Add(in)
+		s.bytesOut.Add(out)
+		fe.bytesIn.Add(in)
+		fe.bytesOut.Add(out)
+		log.WithFields(logrus.Fields{
+			"server": s.name, "tries": len(tried), "bytes_in": in, "bytes_out": out,
+			"duration": time.Since(start).Seconds(), "result": result,
+		}).Info("session")
+		return
+	}
+	fe.noServer.Add(1)
+	reject(client, "no server available, try again later")
+	log.WithFields(logrus.Fields{
+		"tries": len(tried), "duration": time.Since(start).Seconds(), "result": resultNoServer, "error": lastErr.Error(),
+	}).Warn("session")
+}
+
+// sessionParams reads what a session needs of the pool's configuration.
+func (p *pool) sessionParams() (tries int, proxy string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	tries = p.cfg.Tries
+	if tries == 0 || tries > len(p.servers) {
+		tries = len(p.servers)
+	}
+	return tries, p.cfg.ProxyProtocol
+}
+
+// clientKey is what ip-hash hashes: the client's IP address, 4 bytes for
+// IPv4 so an IPv4-mapped IPv6 client hashes the same.
+func clientKey(a net.Addr) []byte {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return []byte(a.String())
+	}
+	if ip4 := ta.IP.To4(); ip4 != nil {
+		return ip4
+	}
+	return ta.IP
+}
+
+// connect opens a connection to s for the client, sends the PROXY header
+// (before any greeting is awaited) and reads the server's greeting. It
+// returns the connection and the bytes to relay to the client once the
+// greeting is a 220; otherwise the failure's kind and cause.
+func (b *Balancer) connect(ctx context.Context, s *server, client net.Conn, proxy string, fc *FrontendConfig) (net.Conn, []byte, string, error) {
+	hdr, err := proxyHeader(proxy, client.RemoteAddr(), client.LocalAddr())
+	if err != nil {
+		return nil, nil, failConnect, fmt.Errorf("build PROXY header: %w", err)
+	}
+	dctx, cancel := context.WithTimeout(ctx, fc.ConnectTimeout)
+	conn, err := b.dialer.DialContext(dctx, "tcp", s.addr)
+	cancel()
+	if err != nil {
+		return nil, nil, failConnect, err
+	}
+	conn.SetDeadline(time.Now().Add(fc.GreetingTimeout))
+	if hdr != nil {
+		if _, err := conn.Write(hdr); err != nil {
+			conn.Close()
+			return nil, nil, failClosed, fmt.Errorf("write PROXY header: %w", err)
+		}
+	}
+	br := bufio.NewReaderSize(conn, replyBufSize)
+	rep, err := readReply(br)
+	if err != nil {
+		conn.Close()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil, nil, failTimeout, fmt.Errorf("no greeting within %s", fc.GreetingTimeout)
+		}
+		return nil, nil, failClosed, fmt.Errorf("read greeting: %w", err)
+	}
+	if rep.code != 220 {
+		conn.Close()
+		return nil, nil, failRejected, fmt.Errorf("greeting %.80q", rep.raw)
+	}
+	conn.SetDeadline(time.Time{})
+	greeting := rep.raw
+	if n := br.Buffered(); n > 0 { // nothing should follow a greeting, but keep it if it does
+		extra, _ := br.Peek(n)
+		greeting = append(greeting, extra...)
+	}
+	return conn, greeting, "", nil
+}
+
+// relay writes the greeting to the client, then copies both ways until
+// both directions end. Between two *net.TCPConn, io.Copy ends in
+// TCPConn.ReadFrom, which Linux serves with splice(2): the payload never
+// enters user space. Nothing may wrap the connections on this path. An end
+// of input in one direction is passed on as a half-close (FIN).
+func (b *Balancer) relay(sess *session, backend net.Conn, greeting []byte, idle time.Duration) (in, out int64, result string) {
+	client := sess.client
+	defer backend.Close()
+	if !sess.setBackend(backend) {
+		return 0, 0, resultShutdown
+	}
+	if _, err := client.Write(greeting); err != nil {
+		backend.Write([]byte("QUIT\r\n")) // spare the server a lost connection
+		return 0, 0, resultClientGone
+	}
+	out = int64(len(greeting))
+
+	type copied struct {
+		n      int64
+		err    error
+		upward bool
+	}
+	done := make(chan copied, 2)
+	go func() {
+		n, err := io.Copy(backend, client)
+		closeWrite(backend)
+		done <- copied{n, err, true}
+	}()
+	go func() {
+		n, err := io.Copy(client, backend)
+		closeWrite(client)
+		done <- copied{n, err, false}
+	}()
+
+	result = resultOK
+	var tick <-chan time.Time
+	var timer *time.Timer
+	if idle > 0 {
+		timer = time.NewTimer(idle)
+		defer timer.Stop()
+		tick = timer.C
+	}
+	for pending := 2; pending > 0; {
+		select {
+		case c := <-done:
+			pending--
+			if c.upward {
+				in = c.n
+			} else {
+				out += c.n
+			}
+			if c.err != nil {
+				if result == resultOK {
+					result = resultError
+				}
+				client.Close() // unblock the other direction
+				backend.Close()
+			}
+		case <-tick:
+			quiet, known := quietFor(client, backend)
+			if !known || quiet < idle {
+				wait := idle
+				if known {
+					wait = idle - quiet
+				}
+				timer.Reset(max(wait, 10*time.Millisecond))
+				continue
+			}
+			result = resultIdle
+			tick = nil
+			client.Close()
+			backend.Close()
+		}
+	}
+	if sess.wasKilled() {
+		result = resultShutdown
+	}
+	return in, out, result
+}
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	} else {
+		c.Close()
+	}
+}
+
+// reject answers a client that no server will take with 421 4.3.2
+// (RFC 5321 §3.8: a server may refuse service with 421 in place of the
+// greeting), then lingers briefly so the reply is read rather than reset.
+func reject(c *net.TCPConn, reason string) {
+	c.SetDeadline(time.Now().Add(rejectLinger))
+	if _, err := fmt.Fprintf(c, "421 4.3.2 %s\r\n", reason); err != nil {
+		return
+	}
+	c.CloseWrite()
+	io.CopyN(io.Discard, c, 4096) // until the client closes, or the deadline
+}
