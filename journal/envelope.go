@@ -166,19 +166,33 @@ type logicalLine struct {
 // logicalLines splits text on CRLF or LF and unfolds continuation lines (a
 // line that starts with white space continues the one before, as in RFC 5322
 // §2.2.3). Blank lines separate nothing in an envelope part and are skipped.
+// A field's pieces are joined once at its end: appending to a string per
+// continuation line would make an envelope of many folded lines quadratic.
 func logicalLines(text string) []logicalLine {
-	var out []logicalLine
+	var (
+		out    []logicalLine
+		pieces []string
+		first  int
+	)
+	flush := func() {
+		if len(pieces) > 0 {
+			out = append(out, logicalLine{text: strings.Join(pieces, " "), line: first})
+		}
+		pieces = pieces[:0]
+	}
 	for n, raw := range strings.Split(text, "\n") {
 		l := strings.TrimRight(raw, "\r")
 		if strings.TrimSpace(l) == "" {
 			continue
 		}
-		if (l[0] == ' ' || l[0] == '\t') && len(out) > 0 {
-			out[len(out)-1].text += " " + strings.TrimSpace(l)
+		if (l[0] == ' ' || l[0] == '\t') && len(pieces) > 0 {
+			pieces = append(pieces, strings.TrimSpace(l))
 			continue
 		}
-		out = append(out, logicalLine{text: l, line: n + 1})
+		flush()
+		pieces, first = append(pieces, l), n+1
 	}
+	flush()
 	return out
 }
 

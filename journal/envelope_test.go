@@ -101,6 +101,17 @@ func TestEnvelopeKeepsUnknownFields(t *testing.T) {
 	}
 }
 
+func TestEnvelopeManyFoldedLines(t *testing.T) {
+	t.Parallel()
+	// Unfolding must stay linear: this is one field of 200,000 folded
+	// lines, which took minutes when each line was appended to a string.
+	text := "To: b@x.example" + strings.Repeat("\n , c@x.example", 200000) + "\n"
+	env, warns := parseEnvelope(text)
+	if len(env.Recipients) != 200001 || len(warns) != 0 {
+		t.Errorf("%d recipients, %d warnings", len(env.Recipients), len(warns))
+	}
+}
+
 func TestParseTime(t *testing.T) {
 	t.Parallel()
 	want := time.Date(2025, 3, 3, 14, 5, 9, 0, time.UTC)
