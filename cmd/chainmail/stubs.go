@@ -1,0 +1,24 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+)
+
+// Placeholders until their commands land; each file replaces its stub.
+
+func runBalance(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fmt.Fprintln(stderr, "chainmail balance: not built yet")
+	return 1
+}
+
+func runArchive(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fmt.Fprintln(stderr, "chainmail archive: not built yet")
+	return 1
+}
+
+func runQueue(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fmt.Fprintln(stderr, "chainmail queue: not built yet")
+	return 1
+}
