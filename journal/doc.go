@@ -52,7 +52,10 @@
 //
 // The attachments: the first message/rfc822 part is the original. When
 // journal report decryption is on, Exchange attaches a second message, the
-// decrypted copy of a rights-protected original (Report.Decrypted). Exchange
+// decrypted copy of a rights-protected original; nothing in the format marks
+// it but its place, so the second attached message is Report.Decrypted. A
+// relay that re-typed the original as application/octet-stream named
+// "*.eml" is accepted, with a warning. Exchange
 // Online labels the original "Content-Transfer-Encoding: binary"; that and
 // 7bit/8bit are identity encodings, so the original is then a slice of the
 // report. An original sent base64 or quoted-printable is located as well and
@@ -78,6 +81,21 @@
 // small buffer, so a 50 MiB report spooled to disk or kept in archive chunks
 // need not be loaded into memory; only header blocks and the envelope part
 // are held. Limits (Parser fields) bound the work any input can cause.
+//
+// # Errors and warnings
+//
+// Parse fails only when nothing trustworthy can be read: ErrNotReport for
+// ordinary mail, and otherwise an error saying what was wrong ("journal:
+// report header: multipart/mixed without a boundary parameter"), wrapping
+// ErrTooLarge when a Parser limit was hit. Everything it could read past is
+// in Report.Warnings. Either way the message itself is archived as received:
+// a parse failure costs recipient indexing, never the message, and must not
+// turn into a rejection, which a journaling server may answer by dropping
+// the report.
+//
+// Offsets address the bytes that were parsed. Parse the bytes the archive
+// stores (after chainmail's trace headers are removed, DESIGN.md), not the
+// bytes on the wire, or the offsets will not match what is served.
 //
 // # Postfix sub-address journaling
 //
