@@ -245,7 +245,7 @@ func (c *Config) Validate(p *config.Problems) {
 		}
 		names[f.Name] = true
 		checkAddr(p, path+".address", f.Address, false)
-		if addrs[f.Address] {
+		if addrs[f.Address] && !strings.HasSuffix(f.Address, ":0") {
 			p.Add(path+".address", "address %q is used by another frontend", f.Address)
 		}
 		addrs[f.Address] = true

@@ -70,9 +70,8 @@ func (b *Balancer) recordCheck(p *pool, s *server, r CheckResult, hc HealthCheck
 }
 
 // check runs one check of the given type against addr, within the timeout.
-// With a PROXY protocol pool, the check connection starts with a LOCAL
-// (v2) or UNKNOWN (v1) header, as the spec provides for health checks, so a
-// node that requires the header from the balancer still answers.
+// With a PROXY protocol pool, the check connection starts with a header
+// too (see checkProxyHeader), so a server that requires one still answers.
 func (b *Balancer) check(ctx context.Context, addr string, hc HealthCheckConfig, proxy string) CheckResult {
 	start := time.Now()
 	r := CheckResult{At: b.clock.Now()}
@@ -97,7 +96,11 @@ func (b *Balancer) probe(ctx context.Context, addr string, hc HealthCheckConfig,
 	defer conn.Close()
 	deadline, _ := ctx.Deadline()
 	conn.SetDeadline(deadline)
-	if hdr := localProxyHeader(proxy); hdr != nil {
+	hdr, err := checkProxyHeader(proxy, conn)
+	if err != nil {
+		return 0, fmt.Errorf("build PROXY header: %w", err)
+	}
+	if hdr != nil {
 		if _, err := conn.Write(hdr); err != nil {
 			return 0, fmt.Errorf("write PROXY header: %w", err)
 		}

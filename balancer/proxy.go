@@ -28,16 +28,17 @@ func proxyHeader(mode string, src, dst net.Addr) ([]byte, error) {
 	return proxyproto.HeaderProxyFromAddrs(v, src, dst).Format()
 }
 
-// localProxyHeader is the header for a connection the balancer makes on its
-// own behalf (a health check): v2 LOCAL, v1 "PROXY UNKNOWN".
-func localProxyHeader(mode string) []byte {
-	v := proxyVersion(mode)
-	if v == 0 {
-		return nil
+// checkProxyHeader is the header a health check sends on its own
+// connection c. v2 uses the LOCAL command, which the spec provides for
+// checks. v1 has "PROXY UNKNOWN" for that, but Postfix (3.7) rejects it, so
+// a v1 check announces its own connection's addresses, as HAProxy's
+// check-send-proxy does.
+func checkProxyHeader(mode string, c net.Conn) ([]byte, error) {
+	switch proxyVersion(mode) {
+	case 1:
+		return proxyproto.HeaderProxyFromAddrs(1, c.LocalAddr(), c.RemoteAddr()).Format()
+	case 2:
+		return proxyproto.HeaderProxyFromAddrs(2, nil, nil).Format()
 	}
-	b, err := proxyproto.HeaderProxyFromAddrs(v, nil, nil).Format()
-	if err != nil {
-		return nil
-	}
-	return b
+	return nil, nil
 }
