@@ -89,7 +89,11 @@ func startPostfix(t *testing.T) *postfixInstance {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { if !t.Failed() { os.RemoveAll(dir) } })
+	t.Cleanup(func() {
+		if !t.Failed() {
+			os.RemoveAll(dir)
+		}
+	})
 	os.Chmod(dir, 0o755)
 	p := &postfixInstance{dir: dir, plain: freeAddr(t, "127.0.0.1"), proxy: freeAddr(t, "127.0.0.1"), log: filepath.Join(dir, "maillog")}
 	for _, d := range []string{"queue", "data"} {
