@@ -14,6 +14,7 @@ import (
 	"chainmail/archive"
 	"chainmail/internal/config"
 	"chainmail/internal/envelope"
+	"chainmail/queue"
 )
 
 // Errors the listener turns into SMTP replies.
@@ -39,7 +40,7 @@ type Archiver interface {
 }
 
 // Enqueuer queues a reference to an archived message for a connection. It
-// returns an error wrapping ErrQueueFull when the queue is at its limit.
+// returns an error wrapping queue.ErrFull when the queue is at its limit.
 type Enqueuer interface {
 	EnqueueTx(tx *bolt.Tx, connection string, h envelope.Hash) error
 }
@@ -172,6 +173,9 @@ func (r *Router) Deliver(ctx context.Context, listener string, it *archive.Item)
 		}
 		for _, c := range targets {
 			if err := r.deps.Queue.EnqueueTx(tx, c, it.Hash); err != nil {
+				if errors.Is(err, queue.ErrFull) {
+					return fmt.Errorf("route: forward:%s: %w (%w)", c, ErrQueueFull, err)
+				}
 				return fmt.Errorf("route: forward:%s: %w", c, err)
 			}
 			out.Forwarded = append(out.Forwarded, c)

@@ -19,9 +19,11 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"chainmail/archive"
+	"chainmail/forwarder"
 	"chainmail/internal/config"
 	"chainmail/internal/store"
 	"chainmail/listener"
+	"chainmail/queue"
 	"chainmail/route"
 	"chainmail/web"
 )
@@ -43,6 +45,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 1
 	}
 	log := newLogger(cfg.Log, stderr)
+	stopProfile, err := startCPUProfile(stderr)
+	if err != nil {
+		log.WithError(err).Error("cpu profile")
+		return 1
+	}
+	defer stopProfile()
 	n, err := startNode(cfg, log, stdout)
 	if err != nil {
 		log.WithError(err).Error("node failed to start")
@@ -79,6 +87,8 @@ type node struct {
 	db        *store.DB
 	archive   *archive.Store
 	router    *route.Router
+	queue     *queue.Store
+	forwarder *forwarder.Forwarder
 	listeners []*listener.Listener
 	web       *web.Server
 	webLn     net.Listener
@@ -118,9 +128,17 @@ func startNode(cfg *config.Node, log *logrus.Entry, stdout io.Writer) (n *node, 
 		return nil, err
 	}
 	reg.MustRegister(archive.NewCollector(n.archive))
+	if n.queue, err = queue.Open(db); err != nil {
+		return nil, err
+	}
+	n.forwarder = forwarder.New(cfg.Connections, forwarder.Deps{
+		Node: cfg.Node, Queue: n.queue, Archive: n.archive,
+		Log: log, Metrics: forwarder.NewMetrics(reg),
+	})
+	forwarder.RegisterQueueGauges(reg, n.forwarder)
 	n.router = route.New(cfg.Routes, route.Deps{
 		Node: cfg.Node, MaxHops: cfg.MaxHops,
-		Commit: db, Archive: n.archive,
+		Commit: db, Archive: n.archive, Queue: n.queue, Peers: n.forwarder,
 		Metrics: route.NewMetrics(reg),
 		Log:     log.WithField("component", "route"),
 	})
@@ -189,6 +207,12 @@ func (n *node) run(ctx context.Context) error {
 			}
 		})
 	}
+	fwdDone := make(chan struct{})
+	fctx, stopForwarder := context.WithCancel(context.Background())
+	go func() {
+		defer close(fwdDone)
+		n.forwarder.Run(fctx)
+	}()
 	wg.Go(func() {
 		if err := n.web.Serve(lctx, n.webLn); err != nil && !errors.Is(err, context.Canceled) {
 			errs <- fmt.Errorf("web: %w", err)
@@ -199,6 +223,10 @@ func (n *node) run(ctx context.Context) error {
 	<-lctx.Done()
 	n.log.Info("node stopping")
 	wg.Wait()
+	// The forwarder stops after the listeners, so nothing is queued behind
+	// its back; each worker finishes the message it is sending.
+	stopForwarder()
+	<-fwdDone
 	close(errs)
 	err := n.close()
 	for e := range errs {

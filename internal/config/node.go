@@ -307,7 +307,11 @@ func (l *Listener) Validate(p *Problems, path string) {
 	}
 	checkAddress(p, path+".address", l.Address)
 	switch l.Role {
-	case "", RoleJournal, RoleHA:
+	case "", RoleJournal:
+	case RoleHA:
+		if len(l.Allow) == 0 && l.Auth == nil {
+			p.Add(path+".role", "an ha listener honours X-Chainmail-Trace from its peers only: set allow (the peers' addresses) or auth")
+		}
 	default:
 		p.Add(path+".role", "unknown role %q (want journal or ha)", l.Role)
 	}

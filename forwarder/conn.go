@@ -1,0 +1,396 @@
+package forwarder
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/sirupsen/logrus"
+
+	"chainmail/internal/config"
+	"chainmail/queue"
+)
+
+// Connection states.
+const (
+	StateUp         = "up"
+	StateDown       = "down"
+	StateCatchingUp = "catching-up"
+	StatePaused     = "paused"
+)
+
+// idleSession closes a worker's SMTP session after this long without work,
+// so an idle chain holds no sessions open on its peers.
+const idleSession = 10 * time.Second
+
+// deferralsDown is how many consecutive 4xx replies, across messages, take
+// the connection down: a peer deferring everything is a peer-level
+// condition (its disk or queue is full), not a property of each message.
+const deferralsDown = 3
+
+type conn struct {
+	cfg    config.Connection
+	f      *Forwarder
+	log    *logrus.Entry
+	cancel context.CancelFunc
+	done   chan struct{}
+	kick   chan struct{}
+
+	mu          sync.Mutex
+	state       string
+	paused      bool
+	peerNode    string
+	lastError   string
+	lastErrorAt time.Time
+	inflight    map[uint64]bool
+	failed      int64
+	sessions    int
+	deferrals   int
+	rate        rateWindow
+}
+
+func (f *Forwarder) newConn(cfg config.Connection) *conn {
+	f.deps.Queue.SetLimit(cfg.Name, cfg.QueueLimit)
+	c := &conn{
+		cfg:      cfg,
+		f:        f,
+		log:      f.deps.Log.WithFields(logrus.Fields{"component": "forwarder", "connection": cfg.Name, "peer": cfg.Address}),
+		done:     make(chan struct{}),
+		kick:     make(chan struct{}, 1),
+		state:    StateDown,
+		inflight: map[uint64]bool{},
+		peerNode: f.deps.Queue.PeerNode(cfg.Name),
+	}
+	if cfg.Disabled {
+		c.paused = true
+	}
+	return c
+}
+
+func (c *conn) kickNow() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (c *conn) setState(s string) {
+	c.mu.Lock()
+	old := c.state
+	c.state = s
+	c.mu.Unlock()
+	if old != s {
+		c.log.WithFields(logrus.Fields{"from": old, "to": s}).Info("connection state changed")
+		c.f.deps.Metrics.state(c.cfg.Name, s)
+	}
+}
+
+func (c *conn) setError(err error) {
+	c.mu.Lock()
+	c.lastError = err.Error()
+	c.lastErrorAt = time.Now().UTC()
+	c.mu.Unlock()
+}
+
+func (c *conn) isPaused() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.paused
+}
+
+// run is the connection's loop: probe while down, deliver while up.
+func (c *conn) run(ctx context.Context) {
+	for ctx.Err() == nil {
+		if c.isPaused() {
+			c.setState(StatePaused)
+			select {
+			case <-ctx.Done():
+				return
+			case <-c.kick:
+			}
+			continue
+		}
+		if err := c.probe(ctx); err != nil {
+			c.setState(StateDown)
+			c.setError(err)
+			c.log.WithError(err).Warn("peer unavailable; probing every probe_interval")
+			c.waitProbe(ctx)
+			continue
+		}
+		if c.f.deps.Queue.Stats(c.cfg.Name).Depth > 0 {
+			c.setState(StateCatchingUp)
+		} else {
+			c.setState(StateUp)
+		}
+		err := c.deliver(ctx)
+		if err != nil && ctx.Err() == nil {
+			c.setState(StateDown)
+			c.setError(err)
+			c.log.WithError(err).Warn("connection lost; probing every probe_interval")
+			c.waitProbe(ctx)
+		}
+	}
+}
+
+// waitProbe waits probe_interval, or less when kicked.
+func (c *conn) waitProbe(ctx context.Context) {
+	t := time.NewTimer(c.cfg.ProbeInterval)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	case <-c.kick:
+	}
+}
+
+// probe opens a session, checks the greeting and EHLO, and quits.
+func (c *conn) probe(ctx context.Context) error {
+	pctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	s, err := c.dial(pctx)
+	if err != nil {
+		return err
+	}
+	s.quit()
+	return nil
+}
+
+// errConnection marks an error that takes the whole connection down.
+type errConnection struct{ err error }
+
+func (e errConnection) Error() string { return e.err.Error() }
+func (e errConnection) Unwrap() error { return e.err }
+
+// deliver runs the workers until the connection fails or ctx ends.
+func (c *conn) deliver(ctx context.Context) error {
+	dctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	work := make(chan queue.Entry)
+	var wg sync.WaitGroup
+	for range c.cfg.Concurrency {
+		wg.Go(func() { c.worker(dctx, stop, work) })
+	}
+	wake := c.f.deps.Queue.Wake(c.cfg.Name)
+	batch := 4 * c.cfg.Concurrency
+feed:
+	for dctx.Err() == nil {
+		if c.isPaused() {
+			break
+		}
+		due, err := c.f.deps.Queue.Due(c.cfg.Name, time.Now(), batch, c.busy)
+		if err != nil {
+			stop(err)
+			break
+		}
+		if len(due) == 0 {
+			if c.f.deps.Queue.Stats(c.cfg.Name).Depth == 0 {
+				c.setState(StateUp)
+			}
+			wait := time.Second
+			if na := c.f.deps.Queue.NextAttempt(c.cfg.Name); !na.IsZero() {
+				wait = min(max(time.Until(na), 10*time.Millisecond), wait)
+			}
+			t := time.NewTimer(wait)
+			select {
+			case <-dctx.Done():
+			case <-wake:
+			case <-c.kick:
+			case <-t.C:
+			}
+			t.Stop()
+			continue
+		}
+		for _, e := range due {
+			c.mu.Lock()
+			c.inflight[e.Seq] = true
+			c.mu.Unlock()
+			select {
+			case work <- e:
+			case <-dctx.Done():
+				c.done1(e.Seq)
+				break feed
+			}
+		}
+	}
+	close(work)
+	wg.Wait()
+	if err := context.Cause(dctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+func (c *conn) busy(seq uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.inflight[seq]
+}
+
+func (c *conn) done1(seq uint64) {
+	c.mu.Lock()
+	delete(c.inflight, seq)
+	c.mu.Unlock()
+}
+
+// worker sends queued messages over one SMTP session it keeps open.
+func (c *conn) worker(ctx context.Context, fail context.CancelCauseFunc, work <-chan queue.Entry) {
+	var s *session
+	defer func() {
+		if s != nil {
+			s.quit()
+			c.sessionCount(-1)
+		}
+	}()
+	idle := time.NewTimer(idleSession)
+	defer idle.Stop()
+	for {
+		var e queue.Entry
+		var ok bool
+		select {
+		case e, ok = <-work:
+			if !ok {
+				return
+			}
+		case <-idle.C:
+			if s != nil {
+				s.quit()
+				s = nil
+				c.sessionCount(-1)
+			}
+			idle.Reset(idleSession)
+			continue
+		}
+		idle.Reset(idleSession)
+		if s == nil {
+			var err error
+			if s, err = c.dial(ctx); err != nil {
+				c.done1(e.Seq)
+				fail(errConnection{err})
+				return
+			}
+			c.sessionCount(1)
+		}
+		err := c.send(ctx, s, e)
+		c.done1(e.Seq)
+		var ce errConnection
+		if errors.As(err, &ce) {
+			s.close()
+			s = nil
+			c.sessionCount(-1)
+			fail(err)
+			return
+		}
+	}
+}
+
+func (c *conn) sessionCount(d int) {
+	c.mu.Lock()
+	c.sessions += d
+	c.mu.Unlock()
+}
+
+// outcome records what happened to one message and decides whether the
+// connection must go down.
+func (c *conn) outcome(ctx context.Context, e queue.Entry, err error) error {
+	q := c.f.deps.Queue
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) {
+		return errConnection{err}
+	}
+	reason := se.Error()
+	c.mu.Lock()
+	c.failed++
+	if se.Code/100 == 4 {
+		c.deferrals++
+	}
+	deferrals := c.deferrals
+	c.mu.Unlock()
+	attempts := e.Attempts + 1
+	dead := c.cfg.MaxRetries > 0 && attempts >= c.cfg.MaxRetries
+	next := time.Now().Add(backoff(c.cfg.RetryMin, c.cfg.RetryMax, attempts))
+	if ferr := q.Fail(context.WithoutCancel(ctx), c.cfg.Name, e.Seq, reason, next, dead); ferr != nil {
+		return errConnection{ferr}
+	}
+	result := "deferred"
+	if se.Code/100 == 5 {
+		result = "failed"
+	}
+	if dead {
+		result = "dead"
+	}
+	c.f.deps.Metrics.forwarded(c.cfg.Name, result)
+	log := c.log.WithFields(logrus.Fields{"msg": e.Hash.Short(), "attempts": attempts, "code": se.Code, "error": reason})
+	if dead {
+		log.Error("message moved to the dead-letter list after max_retries; retry it from the console or API")
+	} else {
+		log.WithField("next_attempt", next.UTC().Format(time.RFC3339)).Warn("peer did not accept message; will retry")
+	}
+	c.setError(err)
+	if deferrals >= deferralsDown {
+		return errConnection{errors.New("peer defers every message: " + reason)}
+	}
+	return nil
+}
+
+// backoff is exponential from min to max with ±20% jitter, so entries that
+// failed together do not retry in lockstep.
+func backoff(lo, hi time.Duration, attempts int) time.Duration {
+	d := lo
+	for i := 1; i < attempts && d < hi; i++ {
+		d *= 2
+	}
+	d = min(d, hi)
+	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+}
+
+func (c *conn) status() Status {
+	st := c.f.deps.Queue.Stats(c.cfg.Name)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := Status{
+		Name: c.cfg.Name, Address: c.cfg.Address, PeerNode: c.cfg.PeerNode, State: c.state,
+		QueueDepth: st.Depth, Delivered: st.Delivered, DeadLetters: st.Dead, Failed: c.failed,
+		Concurrency: c.cfg.Concurrency, Sessions: c.sessions,
+		LastError: c.lastError, LastErrorAt: c.lastErrorAt,
+		Rate: c.rate.perSecond(time.Now()),
+	}
+	if s.PeerNode == "" {
+		s.PeerNode = c.peerNode
+	}
+	if !st.Oldest.IsZero() {
+		s.OldestAgeS = time.Since(st.Oldest).Seconds()
+	}
+	if s.Rate > 0 && st.Depth > 0 {
+		s.ETAS = float64(st.Depth) / s.Rate
+	}
+	return s
+}
+
+// rateWindow counts deliveries per second over the last 10 seconds.
+type rateWindow struct {
+	buckets [10]int
+	stamps  [10]int64
+}
+
+func (r *rateWindow) add(now time.Time) {
+	sec := now.Unix()
+	i := sec % 10
+	if r.stamps[i] != sec {
+		r.stamps[i], r.buckets[i] = sec, 0
+	}
+	r.buckets[i]++
+}
+
+func (r *rateWindow) perSecond(now time.Time) float64 {
+	sec := now.Unix()
+	total := 0
+	for i := range r.buckets {
+		if sec-r.stamps[i] < 10 && sec-r.stamps[i] >= 0 {
+			total += r.buckets[i]
+		}
+	}
+	return float64(total) / 10
+}

@@ -1,0 +1,315 @@
+package forwarder
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+	"github.com/sirupsen/logrus"
+
+	"chainmail/archive"
+	"chainmail/internal/envelope"
+	"chainmail/queue"
+)
+
+// ErrSelfLoop: the peer greets with this node's own id.
+var ErrSelfLoop = errors.New("peer greets with this node's id: the connection loops back to this node")
+
+// session is one SMTP client session to the peer.
+type session struct {
+	c       *smtp.Client
+	peer    string // node id from the greeting
+	rcptMax int
+}
+
+func (s *session) quit() {
+	s.c.Quit()
+	s.c.Close()
+}
+
+func (s *session) close() { s.c.Close() }
+
+// dial connects, reads the greeting (refusing a self-loop), says EHLO, and
+// runs STARTTLS and AUTH as configured.
+func (c *conn) dial(ctx context.Context) (*session, error) {
+	raw, err := c.f.deps.Dial(ctx, "tcp", c.cfg.Address)
+	if err != nil {
+		return nil, fmt.Errorf("connect %s: %w", c.cfg.Address, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		raw.SetDeadline(dl)
+	}
+	var tcfg *tls.Config
+	if c.cfg.TLS != "none" {
+		if tcfg, err = c.tlsConfig(); err != nil {
+			raw.Close()
+			return nil, err
+		}
+	}
+	if c.cfg.TLS == "implicit" {
+		tc := tls.Client(raw, tcfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			raw.Close()
+			return nil, fmt.Errorf("tls handshake with %s: %w", c.cfg.Address, err)
+		}
+		raw = tc
+	}
+	gc := &greetConn{Conn: raw}
+	var cl *smtp.Client
+	if c.cfg.TLS == "starttls" {
+		// go-smtp's client offers STARTTLS only here, after an EHLO as
+		// "localhost"; the EHLO that names this node follows inside TLS.
+		if cl, err = smtp.NewClientStartTLS(gc, tcfg); err != nil {
+			raw.Close()
+			return nil, fmt.Errorf("starttls with %s: %w", c.cfg.Address, err)
+		}
+	} else {
+		cl = smtp.NewClient(gc)
+	}
+	cl.CommandTimeout = c.cfg.Timeout
+	cl.SubmissionTimeout = 2 * c.cfg.Timeout
+	if err := cl.Hello(c.f.deps.Node); err != nil {
+		cl.Close()
+		return nil, fmt.Errorf("greeting from %s: %w", c.cfg.Address, err)
+	}
+	raw.SetDeadline(time.Time{})
+	s := &session{c: cl, peer: gc.peerNode(), rcptMax: 1000}
+	if err := c.checkPeer(ctx, s.peer); err != nil {
+		cl.Close()
+		return nil, err
+	}
+	if ok, v := cl.Extension("LIMITS"); ok {
+		for _, f := range strings.Fields(v) {
+			if n, err := strconv.Atoi(strings.TrimPrefix(strings.ToUpper(f), "RCPTMAX=")); err == nil && n > 0 {
+				s.rcptMax = n
+			}
+		}
+	}
+	if c.cfg.Username != "" {
+		if err := cl.Auth(sasl.NewPlainClient("", c.cfg.Username, c.cfg.Password)); err != nil {
+			cl.Close()
+			return nil, fmt.Errorf("auth as %s at %s: %w", c.cfg.Username, c.cfg.Address, err)
+		}
+	}
+	return s, nil
+}
+
+// checkPeer refuses a peer that is this node, or not the configured one,
+// and remembers the id learned from the greeting.
+func (c *conn) checkPeer(ctx context.Context, peer string) error {
+	if peer == c.f.deps.Node {
+		return ErrSelfLoop
+	}
+	if c.cfg.PeerNode != "" && peer != c.cfg.PeerNode {
+		return fmt.Errorf("peer greets as %q, but peer_node is %q: refusing to send", peer, c.cfg.PeerNode)
+	}
+	c.mu.Lock()
+	changed := peer != "" && peer != c.peerNode
+	if changed {
+		c.peerNode = peer
+	}
+	c.mu.Unlock()
+	if changed {
+		c.log.WithField("peer_node", peer).Info("learned the peer's node id from its greeting")
+		return c.f.deps.Queue.SetPeerNode(context.WithoutCancel(ctx), c.cfg.Name, peer)
+	}
+	return nil
+}
+
+func (c *conn) tlsConfig() (*tls.Config, error) {
+	host, _, _ := net.SplitHostPort(c.cfg.Address)
+	cfg := &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12, InsecureSkipVerify: c.cfg.TLSSkipVerify}
+	if c.cfg.TLSServerName != "" {
+		cfg.ServerName = c.cfg.TLSServerName
+	}
+	if c.cfg.TLSCA != "" {
+		pem, err := os.ReadFile(c.cfg.TLSCA)
+		if err != nil {
+			return nil, fmt.Errorf("tls_ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("tls_ca %s: no PEM certificate in it", c.cfg.TLSCA)
+		}
+		cfg.RootCAs = pool
+	}
+	return cfg, nil
+}
+
+// send delivers one queued message on s. It returns an errConnection when
+// the session (or the whole connection) is unusable, nil otherwise: a
+// reply to the message is recorded as an attempt, not returned.
+func (c *conn) send(ctx context.Context, s *session, e queue.Entry) error {
+	start := time.Now()
+	q := c.f.deps.Queue
+	id := e.Hash.String()
+	meta, err := c.f.deps.Archive.Get(ctx, id)
+	if err != nil {
+		// The queue references an archived message; missing bytes are a
+		// local fault, kept visible as a failed attempt.
+		return c.outcome(ctx, e, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "local: " + err.Error()})
+	}
+	if s.peer != "" && meta.Trace.Has(s.peer) {
+		c.log.WithFields(logrus.Fields{"msg": e.Hash.Short(), "peer_node": s.peer}).Info("loop detected: peer already on the message's path; dropping queue entry")
+		c.f.deps.Metrics.forwarded(c.cfg.Name, "loop")
+		if err := q.Ack(context.WithoutCancel(ctx), c.cfg.Name, e.Seq); err != nil {
+			return errConnection{err}
+		}
+		return nil
+	}
+	hops := append(append(envelope.Trace(nil), meta.Trace...), envelope.Hop{Node: c.f.deps.Node, Hash: e.Hash, Received: meta.Receipt.Received})
+	var head bytes.Buffer
+	for _, h := range hops {
+		head.WriteString(h.Field())
+	}
+	rcpts := recipients(meta)
+	for len(rcpts) > 0 {
+		n := min(len(rcpts), s.rcptMax)
+		if err := c.transaction(ctx, s, meta, head.Bytes(), rcpts[:n]); err != nil {
+			var se *smtp.SMTPError
+			if errors.As(err, &se) {
+				// A refused transaction leaves the session usable after RSET.
+				if rerr := s.c.Reset(); rerr != nil {
+					return errConnection{rerr}
+				}
+				return c.outcome(ctx, e, err)
+			}
+			return errConnection{err}
+		}
+		rcpts = rcpts[n:]
+	}
+	if err := q.Ack(context.WithoutCancel(ctx), c.cfg.Name, e.Seq); err != nil {
+		return errConnection{err}
+	}
+	now := time.Now()
+	origin := meta.Receipt.Received
+	if len(meta.Trace) > 0 {
+		origin = meta.Trace[0].Received
+	}
+	c.mu.Lock()
+	c.deferrals = 0
+	c.rate.add(now)
+	c.mu.Unlock()
+	c.f.deps.Metrics.delivered(c.cfg.Name, now.Sub(start), now.Sub(origin))
+	c.log.WithFields(logrus.Fields{"msg": e.Hash.Short(), "size": meta.Size, "rcpts": len(meta.Envelope.RcptTo), "code": 250, "duration_ms": now.Sub(start).Milliseconds()}).Debug("message forwarded")
+	return nil
+}
+
+// transaction is MAIL, RCPT… and DATA with the trace fields in front of
+// the archived bytes.
+func (c *conn) transaction(ctx context.Context, s *session, meta *archive.Meta, head []byte, rcpts []string) error {
+	opts := &smtp.MailOptions{Size: meta.Size + int64(len(head))}
+	if !isASCII(meta.Envelope.MailFrom) || !allASCII(rcpts) {
+		if ok, _ := s.c.Extension("SMTPUTF8"); ok {
+			opts.UTF8 = true
+		}
+	}
+	if err := s.c.Mail(meta.Envelope.MailFrom, opts); err != nil {
+		return err
+	}
+	for _, r := range rcpts {
+		if err := s.c.Rcpt(r, nil); err != nil {
+			return err
+		}
+	}
+	w, err := s.c.Data()
+	if err != nil {
+		return err
+	}
+	raw, _, err := c.f.deps.Archive.OpenRaw(ctx, meta.ID)
+	if err != nil {
+		w.Close()
+		return fmt.Errorf("read archived %s: %w", meta.ID[:12], err)
+	}
+	defer raw.Close()
+	if _, err := w.Write(head); err != nil {
+		return err
+	}
+	if _, err := io.Copy(w, raw); err != nil {
+		return err
+	}
+	return w.Close()
+}
+
+// recipients are the envelope recipients to send to; a message archived
+// without any (an import) goes to its header recipients, or postmaster.
+func recipients(m *archive.Meta) []string {
+	if len(m.Envelope.RcptTo) > 0 {
+		return m.Envelope.RcptTo
+	}
+	if r := append(append([]string(nil), m.Headers.To...), m.Headers.Cc...); len(r) > 0 {
+		return r
+	}
+	return []string{"postmaster"}
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+func allASCII(list []string) bool {
+	for _, s := range list {
+		if !isASCII(s) {
+			return false
+		}
+	}
+	return true
+}
+
+// greetConn keeps the first line the peer sends — its greeting — whose
+// first word after the code is its node id (go-smtp's client reads the
+// greeting but does not expose it).
+type greetConn struct {
+	net.Conn
+	mu    sync.Mutex
+	first []byte
+	done  bool
+}
+
+func (g *greetConn) Read(p []byte) (int, error) {
+	n, err := g.Conn.Read(p)
+	g.mu.Lock()
+	if !g.done && n > 0 {
+		line := p[:n]
+		if i := bytes.IndexByte(line, '\n'); i >= 0 {
+			line, g.done = line[:i], true
+		}
+		if len(g.first)+len(line) <= 512 {
+			g.first = append(g.first, line...)
+		} else {
+			g.done = true
+		}
+	}
+	g.mu.Unlock()
+	return n, err
+}
+
+func (g *greetConn) peerNode() string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	f := strings.Fields(strings.TrimSpace(string(g.first)))
+	if len(f) < 2 || !strings.HasPrefix(f[0], "220") {
+		return ""
+	}
+	if len(f[0]) > 3 { // "220-name ..." multi-line greeting
+		return strings.TrimPrefix(f[0], "220-")
+	}
+	return f[1]
+}

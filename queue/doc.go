@@ -1,0 +1,25 @@
+// Package queue keeps the durable outbound queue of every connection, in
+// the node's bbolt file.
+//
+// An entry is a reference to an archived message (its hash), never a copy
+// of its bytes, so a queue of a million entries is tens of megabytes and a
+// long peer outage fits. Entries are enqueued inside the same write
+// transaction that archives the message (EnqueueTx, called by route), so a
+// 250 means "archived and queued". Enqueueing is idempotent per (message,
+// connection). An entry leaves its queue only when the forwarder acks the
+// peer's 250, or, with a positive max_retries, when it moves to the
+// connection's dead-letter list, where it stays until an operator retries
+// or purges it: nothing is ever silently dropped.
+//
+// On-disk layout: bucket "queue" holds one bucket per connection name,
+// each with:
+//
+//	ready  seq (8-byte big-endian, per-connection sequence) → JSON Entry   FIFO by arrival
+//	hash   sha256 (32 bytes) → seq                                        one entry per message
+//	dead   seq → JSON Entry                                               dead letters
+//	meta   "depth", "dead", "delivered" (8-byte counters), "peer_node"
+//
+// Retry state (attempts, next attempt, last error) lives in the entry and
+// persists across restarts. Scheduling is the forwarder's: Due walks the
+// ready bucket from its head and returns the entries whose time has come.
+package queue
