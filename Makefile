@@ -1,0 +1,43 @@
+# chainmail — the two commands a newcomer needs:
+#   go run ./cmd/chainmail serve     a working node on the embedded default
+#   make test                        the whole suite (installs its tools first)
+
+GO ?= go
+PKGS := ./...
+
+.PHONY: all build test deps vet fmt-check fuzz bench clean
+
+all: build
+
+build:
+	$(GO) build -o bin/chainmail ./cmd/chainmail
+
+# deps installs swaks, Postfix (smtp-source, smtp-sink), Chromium and
+# Python when missing; quiet when present.
+deps:
+	@sh scripts/deps.sh
+
+vet:
+	$(GO) vet $(PKGS)
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+# The whole suite, race detector on: unit tests, fuzz seed corpora, and the
+# end-to-end tests that run the real binary against real SMTP clients.
+test: deps fmt-check vet
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+# Short fuzzing runs of every parser (seed corpora already run in make test).
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test ./internal/config -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/envelope -run '^$$' -fuzz FuzzReceive -fuzztime $(FUZZTIME)
+	$(GO) test ./archive -run '^$$' -fuzz FuzzParseHeaders -fuzztime $(FUZZTIME)
+	$(GO) test ./journal -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./archive ./internal/... ./journal
+
+clean:
+	rm -rf bin chainmail-data
