@@ -1,0 +1,42 @@
+// Package web is a node's HTTP face: the JSON API of DESIGN.md, /healthz,
+// /metrics, and later the HTML console (issue 6) as a second view over the
+// same code.
+//
+// # Shape
+//
+// Every API endpoint is split in two: an operation that takes plain values
+// and returns plain values or an *Error (node, health, searchArchive,
+// message, openRaw, digest), and a thin JSON view that decodes the request,
+// calls the operation and encodes the result. The console's HTML handlers
+// are to call the same operations and render a template instead, so the
+// rules (validation, limits, roles) live once.
+//
+// # Auth
+//
+// Everything under /api/ is authenticated before routing, so no endpoint
+// can be added without it and an anonymous caller learns nothing about
+// which paths exist: a bearer token (compared in constant time against
+// web.api_tokens, role admin, and web.read_only_tokens, role read-only) or
+// HTTP Basic with a console account (Users, bcrypt hashes in the node's
+// bbolt file). GET and HEAD need any role; every other method needs admin.
+// Failed attempts are counted per client IP and an IP over the limit gets
+// 429 without its credentials being checked, so guessing costs time.
+// /healthz is open (load balancers and orchestrators probe it); /metrics is
+// open unless web.metrics_auth is set.
+//
+// # Users bucket (in the node's bbolt file)
+//
+//	users/<name> → JSON {"hash": bcrypt, "role": "admin"|"read-only",
+//	                     "created": RFC 3339, "changed": RFC 3339}
+//
+// Only bcrypt hashes are stored. EnsureAdmin creates "admin" with a random
+// password once, on the first start, and returns the password so that cmd
+// can print it exactly once.
+//
+// # Lifecycle
+//
+// New builds a Server from Options (no package-level state; the metrics go
+// into the registry cmd passes). Run listens, serves, and when its context
+// ends shuts down gracefully within Options.ShutdownTimeout, then closes
+// what is left.
+package web
