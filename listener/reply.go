@@ -33,6 +33,10 @@ var (
 	replyAuthFirst  = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
 	replyBadAddress = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad recipient address syntax"}
 	replyTooBig     = smtp.ErrDataTooLarge // 552 5.3.4
+	// go-smtp's reader fails for good on a line past its MaxLineLength
+	// (2000) and closes the session; RFC 5322 §2.1.1 allows 998. The
+	// message can never pass, so the reply is permanent.
+	replyLineTooLong = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Message has a line longer than 2000 bytes (RFC 5322 section 2.1.1 allows 998); closing connection"}
 )
 
 // replyFor turns an error from receiving or delivering a message into the
@@ -46,6 +50,8 @@ func replyFor(err error) (reply *smtp.SMTPError, ref string) {
 		return se, ""
 	case errors.Is(err, envelope.ErrBareLF):
 		return replyBareLF, ""
+	case errors.Is(err, smtp.ErrTooLongLine):
+		return replyLineTooLong, ""
 	case errors.Is(err, route.ErrTooManyHops):
 		return replyLoop, ""
 	case errors.Is(err, route.ErrQueueFull):
@@ -62,6 +68,13 @@ func replyFor(err error) (reply *smtp.SMTPError, ref string) {
 }
 
 var errShuttingDown = errors.New("listener is shutting down")
+
+// closesSession tells whether the connection must close once reply is
+// sent: a 421 says so (RFC 5321 §3.8), and after a line too long go-smtp
+// can read nothing more.
+func closesSession(reply *smtp.SMTPError) bool {
+	return reply.Code == 421 || reply == replyLineTooLong
+}
 
 func isTimeout(err error) bool {
 	var ne net.Error

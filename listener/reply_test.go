@@ -46,6 +46,7 @@ func TestReplyFor(t *testing.T) {
 		{"wrapped SMTPError passes through unwrapped", fmt.Errorf("route: deliver: %w", custom), 550, smtp.EnhancedCode{5, 7, 1}, "custom refusal"},
 		{"data too large", smtp.ErrDataTooLarge, 552, smtp.EnhancedCode{5, 3, 4}, "Maximum message size exceeded"},
 		{"bare LF", fmt.Errorf("spool: %w", envelope.ErrBareLF), 554, smtp.EnhancedCode{5, 6, 0}, replyBareLF.Message},
+		{"line too long in DATA", fmt.Errorf("spool: %w", smtp.ErrTooLongLine), 554, smtp.EnhancedCode{5, 6, 0}, replyLineTooLong.Message},
 		{"too many hops", fmt.Errorf("route: message abc: 17 hops, max_hops is 16: %w", route.ErrTooManyHops), 554, smtp.EnhancedCode{5, 4, 6}, replyLoop.Message},
 		{"queue full", fmt.Errorf("route: forward:peer-b: %w", route.ErrQueueFull), 452, smtp.EnhancedCode{4, 3, 1}, replyQueueFull.Message},
 		{"ENOSPC wrapped", fmt.Errorf("spool: %w", &os.PathError{Op: "write", Path: "/var/lib/chainmail/spool/data-1.eml", Err: syscall.ENOSPC}), 452, smtp.EnhancedCode{4, 3, 1}, replyDiskFull.Message},
@@ -105,6 +106,7 @@ func TestRepliesClassMatch(t *testing.T) {
 	for _, r := range []*smtp.SMTPError{
 		replyShutdown, replyTooMany, replyDenied, replyQueueFull, replyDiskFull, replyLoop,
 		replyBareLF, replyTimeout, replyTLSFirst, replyAuthFirst, replyBadAddress, replyTooBig,
+		replyLineTooLong,
 	} {
 		checkClass(t, r)
 	}
@@ -142,6 +144,34 @@ func TestClientGone(t *testing.T) {
 	} {
 		if got := clientGone(tc.err); got != tc.gone {
 			t.Errorf("clientGone(%v) = %v, want %v", tc.err, got, tc.gone)
+		}
+	}
+}
+
+// TestClosesSession: a reply that says the connection closes must close
+// it, and no other reply may.
+func TestClosesSession(t *testing.T) {
+	for _, tc := range []struct {
+		reply  *smtp.SMTPError
+		closes bool
+	}{
+		{replyShutdown, true},
+		{replyTimeout, true},
+		{replyLineTooLong, true},
+		{replyTooMany, true},
+		{replyBareLF, false},
+		{replyTooBig, false},
+		{replyQueueFull, false},
+		{replyLoop, false},
+		{&smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "x"}, false},
+	} {
+		if got := closesSession(tc.reply); got != tc.closes {
+			t.Errorf("closesSession(%d %v) = %v, want %v", tc.reply.Code, tc.reply.EnhancedCode, got, tc.closes)
+		}
+	}
+	for _, r := range []*smtp.SMTPError{replyShutdown, replyTimeout, replyLineTooLong} {
+		if r.Code != 421 && !strings.Contains(r.Message, "closing connection") {
+			t.Errorf("%d %q closes the connection without saying so", r.Code, r.Message)
 		}
 	}
 }

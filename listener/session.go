@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -29,6 +30,12 @@ type session struct {
 	authUser string
 	from     string
 	rcpts    []string
+	// closeAfterReply is set when the reply to a message says the
+	// connection closes (a 421, or a line too long for go-smtp's reader to
+	// go on). go-smtp writes that reply and then calls Reset, which closes
+	// the connection: otherwise go-smtp would keep reading, and the rest of
+	// a stalled DATA would be taken for commands.
+	closeAfterReply atomic.Bool
 }
 
 func (l *Listener) newSession(c *smtp.Conn) (smtp.Session, error) {
@@ -62,6 +69,11 @@ func trackedOf(c net.Conn) *trackedConn {
 
 func (s *session) Reset() {
 	s.from, s.rcpts = "", nil
+	if s.closeAfterReply.Load() {
+		// Under go-smtp's connection lock: close the gate's connection,
+		// not the smtp.Conn.
+		s.conn.Close()
+	}
 }
 
 func (s *session) Logout() error { return nil }
@@ -147,6 +159,9 @@ func (s *session) fail(log *logrus.Entry, err error, size int64, d time.Duration
 	s.conn.count(size, false)
 	s.l.deps.Metrics.message(s.l.cfg.Name, "rejected", size, d.Seconds())
 	reply, ref := replyFor(err)
+	if closesSession(reply) {
+		s.closeAfterReply.Store(true)
+	}
 	fields := logrus.Fields{"code": reply.Code, "result": "rejected", "error": err.Error()}
 	if ref != "" {
 		fields["ref"] = ref
