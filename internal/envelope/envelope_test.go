@@ -132,3 +132,39 @@ func FuzzReceive(f *testing.F) {
 		again.Body.Close()
 	})
 }
+
+func TestSpoolerBareLFAcrossWrites(t *testing.T) {
+	cases := []struct {
+		name   string
+		writes []string
+		bad    int // index of the write that must fail, -1 for none
+	}{
+		{"CRLF in one write", []string{"a\r\nb\r\n"}, -1},
+		{"CR ends a write, LF starts the next", []string{"a\r", "\nb\r", "\n"}, -1},
+		{"LF first of all", []string{"\n"}, 0},
+		{"LF after a byte of the previous write", []string{"a", "\n"}, 1},
+		{"bare LF after good lines", []string{"a\r\nb\r\n", "c\r\nd\ne"}, 1},
+		{"CR CR LF", []string{"\r\r\n"}, -1},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := &spooler{opts: SpoolOptions{Threshold: 1 << 20}, h: sha256.New(), buf: getSpoolBuffer()}
+			defer s.discard()
+			for i, w := range c.writes {
+				n, err := s.Write([]byte(w))
+				if i == c.bad {
+					if !errors.Is(err, ErrBareLF) || w[n] != '\n' {
+						t.Fatalf("write %d: n=%d err=%v, want ErrBareLF at the LF", i, n, err)
+					}
+					return
+				}
+				if err != nil {
+					t.Fatalf("write %d: %v", i, err)
+				}
+			}
+			if c.bad >= 0 {
+				t.Fatal("bare LF accepted")
+			}
+		})
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 )
 
 // ErrBareLF is returned for DATA with a LF not preceded by CR (RFC 5321
@@ -33,6 +34,7 @@ type Body struct {
 	mem  []byte
 	file *os.File
 	size int64
+	buf  *bytes.Buffer // the pooled buffer behind mem, returned by Close
 }
 
 // BodyFromBytes wraps bytes already in memory (imports, tests).
@@ -82,8 +84,13 @@ func (b *Body) Head(max int) []byte {
 	return buf[:k]
 }
 
-// Close releases the spool file, if any.
+// Close releases the spool file, if any, and the memory of a small
+// message: neither Bytes, Head nor ReadAt may be used after it.
 func (b *Body) Close() error {
+	if b.buf != nil {
+		putSpoolBuffer(b.buf)
+		b.buf, b.mem = nil, nil
+	}
 	if b.file == nil {
 		return nil
 	}
@@ -110,34 +117,70 @@ type Received struct {
 // chainmail's trace fields from the header section, hashes and spools the
 // rest. On error nothing is left on disk.
 func Receive(r io.Reader, opts SpoolOptions) (*Received, error) {
-	sp := &spooler{opts: opts, h: sha256.New()}
+	sp := &spooler{opts: opts, h: sha256.New(), buf: getSpoolBuffer()}
 	res := &Received{}
-	err := sp.filter(bufio.NewReaderSize(r, 32<<10), res, opts.ParseTrace)
+	br := readerPool.Get().(*bufio.Reader)
+	br.Reset(r)
+	err := sp.filter(br, res, opts.ParseTrace)
+	br.Reset(nil)
+	readerPool.Put(br)
 	if err != nil {
 		sp.discard()
 		return nil, err
 	}
 	res.Body = sp.body()
-	copy(res.Hash[:], sp.h.Sum(nil))
+	sp.h.Sum(res.Hash[:0])
 	return res, nil
+}
+
+// The reader in front of DATA and the memory of small messages are
+// recycled: at thousands of messages a second, allocating and clearing
+// them was a visible share of a node's CPU (docs/BENCHMARKS.md). The
+// pools are caches only; the garbage collector empties them.
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 32<<10) }}
+	spoolPool  = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+)
+
+// maxPooledBuffer keeps the occasional large in-memory message from
+// pinning its buffer in the pool.
+const maxPooledBuffer = 256 << 10
+
+func getSpoolBuffer() *bytes.Buffer { return spoolPool.Get().(*bytes.Buffer) }
+
+func putSpoolBuffer(b *bytes.Buffer) {
+	if b.Cap() > maxPooledBuffer {
+		return
+	}
+	b.Reset()
+	spoolPool.Put(b)
 }
 
 type spooler struct {
 	opts SpoolOptions
 	h    hash.Hash
-	buf  bytes.Buffer
+	buf  *bytes.Buffer // nil once the message moved to file
 	file *os.File
 	size int64
 	last byte // last byte written, to find a bare LF across writes
 }
 
 func (s *spooler) Write(p []byte) (int, error) {
-	prev := s.last
-	for i, c := range p {
-		if c == '\n' && prev != '\r' {
+	// Every LF must follow a CR, the previous write's last byte included.
+	for i := 0; i < len(p); {
+		j := bytes.IndexByte(p[i:], '\n')
+		if j < 0 {
+			break
+		}
+		i += j
+		prev := s.last
+		if i > 0 {
+			prev = p[i-1]
+		}
+		if prev != '\r' {
 			return i, ErrBareLF
 		}
-		prev = c
+		i++
 	}
 	if len(p) > 0 {
 		s.last = p[len(p)-1]
@@ -153,7 +196,8 @@ func (s *spooler) Write(p []byte) (int, error) {
 		if _, err := f.Write(s.buf.Bytes()); err != nil {
 			return 0, fmt.Errorf("spool: %w", err)
 		}
-		s.buf = bytes.Buffer{}
+		putSpoolBuffer(s.buf)
+		s.buf = nil
 	}
 	if s.file != nil {
 		if _, err := s.file.Write(p); err != nil {
@@ -168,10 +212,14 @@ func (s *spooler) body() *Body {
 	if s.file != nil {
 		return &Body{file: s.file, size: s.size}
 	}
-	return &Body{mem: s.buf.Bytes(), size: s.size}
+	return &Body{mem: s.buf.Bytes(), size: s.size, buf: s.buf}
 }
 
 func (s *spooler) discard() {
+	if s.buf != nil {
+		putSpoolBuffer(s.buf)
+		s.buf = nil
+	}
 	if s.file != nil {
 		name := s.file.Name()
 		s.file.Close()
