@@ -8,11 +8,6 @@ import (
 
 // Placeholders until their commands land; each file replaces its stub.
 
-func runArchive(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "chainmail archive: not built yet")
-	return 1
-}
-
 func runQueue(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintln(stderr, "chainmail queue: not built yet")
 	return 1
