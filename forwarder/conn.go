@@ -114,8 +114,9 @@ func (c *conn) run(ctx context.Context) {
 			continue
 		}
 		if err := c.probe(ctx); err != nil {
-			c.setState(StateDown)
+			// The error first: whoever sees the state down sees why.
 			c.setError(err)
+			c.setState(StateDown)
 			c.log.WithError(err).Warn("peer unavailable; probing every probe_interval")
 			c.waitProbe(ctx)
 			continue
@@ -127,8 +128,8 @@ func (c *conn) run(ctx context.Context) {
 		}
 		err := c.deliver(ctx)
 		if err != nil && ctx.Err() == nil {
-			c.setState(StateDown)
 			c.setError(err)
+			c.setState(StateDown)
 			c.log.WithError(err).Warn("connection lost; probing every probe_interval")
 			c.waitProbe(ctx)
 		}

@@ -24,8 +24,9 @@ import (
 	"chainmail/queue"
 )
 
-// ErrSelfLoop: the peer greets with this node's own id.
-var ErrSelfLoop = errors.New("peer greets with this node's id: the connection loops back to this node")
+// ErrSelfLoop: the peer greets with this node's own id. Its text names the
+// self-loop, as DESIGN.md does, so an operator reading last_error knows.
+var ErrSelfLoop = errors.New("self-loop: the peer greets with this node's own id (the connection points back at this node)")
 
 // session is one SMTP client session to the peer.
 type session struct {
