@@ -45,11 +45,13 @@ type conn struct {
 	peerNode    string
 	lastError   string
 	lastErrorAt time.Time
-	inflight    map[uint64]bool
-	failed      int64
-	sessions    int
-	deferrals   int
-	rate        rateWindow
+	// inflight holds the entries handed to workers: true while being
+	// sent, false once finished until the next Due starts (see busy).
+	inflight  map[uint64]bool
+	failed    int64
+	sessions  int
+	deferrals int
+	rate      rateWindow
 }
 
 func (f *Forwarder) newConn(cfg config.Connection) *conn {
@@ -181,6 +183,7 @@ feed:
 		if c.isPaused() {
 			break
 		}
+		c.forgetFinished()
 		due, err := c.f.deps.Queue.Due(c.cfg.Name, time.Now(), batch, c.busy)
 		if err != nil {
 			stop(err)
@@ -224,15 +227,33 @@ feed:
 	return nil
 }
 
+// busy tells Due to skip an entry in flight, or finished since Due's read
+// transaction may have begun: its snapshot can predate the ack (or the
+// deferral) of an entry a worker has just finished, and must not hand that
+// entry out again.
 func (c *conn) busy(seq uint64) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.inflight[seq]
+	_, ok := c.inflight[seq]
+	return ok
 }
 
+// done1 marks an entry finished: its ack or failure is committed.
 func (c *conn) done1(seq uint64) {
 	c.mu.Lock()
-	delete(c.inflight, seq)
+	c.inflight[seq] = false
+	c.mu.Unlock()
+}
+
+// forgetFinished drops the finished entries before a Due: every change
+// their workers made is committed, so the snapshot Due reads sees it.
+func (c *conn) forgetFinished() {
+	c.mu.Lock()
+	for seq, sending := range c.inflight {
+		if !sending {
+			delete(c.inflight, seq)
+		}
+	}
 	c.mu.Unlock()
 }
 
