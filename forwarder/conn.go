@@ -208,6 +208,9 @@ feed:
 			continue
 		}
 		for _, e := range due {
+			if c.isPaused() {
+				break feed
+			}
 			c.mu.Lock()
 			c.inflight[e.Seq] = true
 			c.mu.Unlock()
@@ -286,6 +289,12 @@ func (c *conn) worker(ctx context.Context, fail context.CancelCauseFunc, work <-
 			continue
 		}
 		idle.Reset(idleSession)
+		if c.isPaused() {
+			// Paused while this entry was on its way: nothing starts
+			// after Pause returns.
+			c.done1(e.Seq)
+			continue
+		}
 		if s == nil {
 			var err error
 			if s, err = c.dial(ctx); err != nil {
