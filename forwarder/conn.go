@@ -190,9 +190,9 @@ feed:
 			break
 		}
 		if len(due) == 0 {
-			if c.f.deps.Queue.Stats(c.cfg.Name).Depth == 0 {
-				c.setState(StateUp)
-			}
+			// Caught up: what is left, if anything, waits for its
+			// retry time, and is not a backlog being sent.
+			c.setState(StateUp)
 			wait := time.Second
 			if na := c.f.deps.Queue.NextAttempt(c.cfg.Name); !na.IsZero() {
 				wait = min(max(time.Until(na), 10*time.Millisecond), wait)
