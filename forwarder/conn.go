@@ -29,6 +29,8 @@ const idleSession = 10 * time.Second
 // deferralsDown is how many consecutive 4xx replies, across messages, take
 // the connection down: a peer deferring everything is a peer-level
 // condition (its disk or queue is full), not a property of each message.
+// The replies before it count as the messages' attempts; the one that
+// reaches it, and those after it until the peer accepts a message, do not.
 const deferralsDown = 3
 
 type conn struct {
@@ -337,8 +339,18 @@ func (c *conn) outcome(ctx context.Context, e queue.Entry, err error) error {
 	if se.Code/100 == 4 {
 		c.deferrals++
 	}
-	deferrals := c.deferrals
+	peerWide := se.Code/100 == 4 && c.deferrals >= deferralsDown
 	c.mu.Unlock()
+	if peerWide {
+		// The peer defers everything: an outage, not this message's
+		// fault. Like any outage it costs no attempt — with a positive
+		// max_retries the probe cycles would otherwise dead-letter the
+		// queue head a message at a time — and it takes the connection
+		// down until a probe succeeds; the counter restarts only with a
+		// message the peer accepts.
+		c.f.deps.Metrics.forwarded(c.cfg.Name, "deferred")
+		return errConnection{errors.New("peer defers every message: " + reason)}
+	}
 	attempts := e.Attempts + 1
 	dead := c.cfg.MaxRetries > 0 && attempts >= c.cfg.MaxRetries
 	next := time.Now().Add(backoff(c.cfg.RetryMin, c.cfg.RetryMax, attempts))
@@ -360,9 +372,6 @@ func (c *conn) outcome(ctx context.Context, e queue.Entry, err error) error {
 		log.WithField("next_attempt", next.UTC().Format(time.RFC3339)).Warn("peer did not accept message; will retry")
 	}
 	c.setError(err)
-	if deferrals >= deferralsDown {
-		return errConnection{errors.New("peer defers every message: " + reason)}
-	}
 	return nil
 }
 
