@@ -3,6 +3,7 @@ package web
 import (
 	"context"
 	"net/http"
+	"sync"
 	"time"
 
 	"chainmail/archive"
@@ -44,14 +45,26 @@ func (s *Server) node() NodeInfo {
 	return info
 }
 
-// health runs the checks within a bound, so a wedged check makes the node
-// unhealthy instead of hanging its probe.
+// health runs the node's checks. Probes that arrive while a run is in
+// progress share it, so there is at most one run at a time however often
+// load balancers probe; and a run that does not finish within
+// its bound makes the answer "failing" instead of hanging the probe (a
+// wedged check, such as a disk that blocks, is exactly what a probe is for).
 func (s *Server) health(ctx context.Context) Health {
 	h := Health{Status: "ok", Checks: []Check{}}
 	if s.opts.Health != nil {
-		ctx, cancel := context.WithTimeout(ctx, healthTimeout)
-		defer cancel()
-		h.Checks = append(h.Checks, s.opts.Health(ctx)...)
+		run := s.checks.start(s.opts.Health, s.healthTimeout)
+		timer := time.NewTimer(s.healthTimeout)
+		defer timer.Stop()
+		select {
+		case <-run.done:
+			h.Checks = append(h.Checks, run.checks...)
+		case <-timer.C:
+			h.Checks = append(h.Checks, Check{Name: "health", OK: false,
+				Detail: "the checks did not finish within " + s.healthTimeout.String()})
+		case <-ctx.Done():
+			return Health{Status: "failing", Checks: []Check{}}
+		}
 	}
 	for _, c := range h.Checks {
 		if !c.OK {
@@ -60,6 +73,39 @@ func (s *Server) health(ctx context.Context) Health {
 		}
 	}
 	return h
+}
+
+// checkRunner holds the one health-check run in progress.
+type checkRunner struct {
+	mu  sync.Mutex
+	run *checkRun
+}
+
+type checkRun struct {
+	done   chan struct{}
+	checks []Check // set before done is closed
+}
+
+// start joins the run in progress or begins one. The run's context is not
+// the probe's: it is shared, and bounded by healthTimeout on its own.
+func (r *checkRunner) start(fn func(context.Context) []Check, timeout time.Duration) *checkRun {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.run != nil {
+		return r.run
+	}
+	run := &checkRun{done: make(chan struct{})}
+	r.run = run
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		run.checks = fn(ctx)
+		r.mu.Lock()
+		r.run = nil
+		r.mu.Unlock()
+		close(run.done)
+	}()
+	return run
 }
 
 func (s *Server) handleNode(w http.ResponseWriter, r *http.Request) {

@@ -117,6 +117,10 @@ type Server struct {
 	metrics *metrics
 	// allowed lists the methods registered per path, for 405 answers.
 	allowed map[string][]string
+	checks  checkRunner
+	// healthTimeout bounds a health-check run (a field so tests can
+	// shorten it).
+	healthTimeout time.Duration
 }
 
 // New checks opts and builds the Server with its routes; it registers the
@@ -164,6 +168,8 @@ func New(opts Options) (*Server, error) {
 		auth:    a,
 		metrics: m,
 		allowed: map[string][]string{},
+
+		healthTimeout: healthTimeout,
 	}
 	s.routes()
 	s.handler = securityHeaders(s.mux)

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -47,6 +49,51 @@ func TestHealthz(t *testing.T) {
 	s = newTestServer(t, newFakeArchive(), nil)
 	if w := do(t, s, request{path: "/healthz"}); w.Code != 200 || !strings.Contains(w.Body.String(), `"checks":[]`) {
 		t.Errorf("no checks: %d %s", w.Code, w.Body)
+	}
+}
+
+func TestHealthzWedgedCheck(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	var calls atomic.Int32
+	s := newTestServer(t, newFakeArchive(), func(o *Options) {
+		o.Health = func(ctx context.Context) []Check {
+			calls.Add(1)
+			<-release // a disk that blocks, ignoring ctx
+			return []Check{{Name: "disk", OK: true}}
+		}
+	})
+	s.healthTimeout = 100 * time.Millisecond
+
+	// Concurrent probes share the one run and all answer in time, failing.
+	var wg sync.WaitGroup
+	for range 5 {
+		wg.Go(func() {
+			start := time.Now()
+			w := do(t, s, request{path: "/healthz"})
+			if w.Code != http.StatusServiceUnavailable || !strings.Contains(w.Body.String(), `"failing":["health"]`) {
+				t.Errorf("wedged check: %d %s", w.Code, w.Body)
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Errorf("probe took %v", d)
+			}
+		})
+	}
+	wg.Wait()
+	if n := calls.Load(); n != 1 {
+		t.Errorf("%d runs of the checks for 5 concurrent probes, want 1", n)
+	}
+	close(release)
+	// Once the check answers, so does the probe.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		w := do(t, s, request{path: "/healthz"})
+		if w.Code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("healthz stayed failing after the check recovered: %s", w.Body)
+		}
 	}
 }
 
