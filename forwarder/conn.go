@@ -118,6 +118,9 @@ func (c *conn) run(ctx context.Context) {
 			continue
 		}
 		if err := c.probe(ctx); err != nil {
+			if ctx.Err() != nil {
+				return // stopped mid-probe: not the peer's failure
+			}
 			// The error first: whoever sees the state down sees why.
 			c.setError(err)
 			c.setState(StateDown)

@@ -68,8 +68,10 @@ func New(cfgs []config.Connection, deps Deps) *Forwarder {
 	return f
 }
 
-// Run drives every connection until ctx ends, then waits for them: each
-// finishes the message it is sending.
+// Run drives every connection until ctx ends, then waits for them. A
+// message in flight is abandoned, not waited for (a hung peer would hold
+// the shutdown for the command timeout): its entry stays queued, and the
+// peer deduplicates it if it had it all.
 func (f *Forwarder) Run(ctx context.Context) error {
 	f.mu.Lock()
 	f.ctx = ctx
@@ -94,8 +96,8 @@ func (f *Forwarder) start(c *conn) {
 }
 
 // SetConnections applies a new list of connections live: new ones start,
-// removed ones stop after their current message, changed ones restart.
-// Their queues stay on disk.
+// removed ones stop (abandoning a message in flight, as Run does), changed
+// ones restart. Their queues stay on disk.
 func (f *Forwarder) SetConnections(cfgs []config.Connection) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

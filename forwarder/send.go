@@ -28,19 +28,26 @@ import (
 // self-loop, as DESIGN.md does, so an operator reading last_error knows.
 var ErrSelfLoop = errors.New("self-loop: the peer greets with this node's own id (the connection points back at this node)")
 
-// session is one SMTP client session to the peer.
+// session is one SMTP client session to the peer. It lives no longer than
+// the context it was dialled under: when that ends, its connection is
+// closed, whatever it is waiting for (go-smtp's client knows no context).
 type session struct {
 	c       *smtp.Client
 	peer    string // node id from the greeting
 	rcptMax int
+	unwatch func() bool // stops the watch on the dial context
 }
 
 func (s *session) quit() {
 	s.c.Quit()
+	s.unwatch()
 	s.c.Close()
 }
 
-func (s *session) close() { s.c.Close() }
+func (s *session) close() {
+	s.unwatch()
+	s.c.Close()
+}
 
 // dial connects, reads the greeting (refusing a self-loop), says EHLO, and
 // runs STARTTLS and AUTH as configured.
@@ -49,6 +56,18 @@ func (c *conn) dial(ctx context.Context) (*session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", c.cfg.Address, err)
 	}
+	// A peer that connects and then hangs must not hold up a shutdown
+	// (or a removed connection) for the command timeout: abandoning a
+	// message is safe, as delivery is idempotent and the entry stays
+	// queued.
+	tcp := raw
+	unwatch := context.AfterFunc(ctx, func() { tcp.Close() })
+	dialled := false
+	defer func() {
+		if !dialled {
+			unwatch()
+		}
+	}()
 	if dl, ok := ctx.Deadline(); ok {
 		raw.SetDeadline(dl)
 	}
@@ -86,7 +105,7 @@ func (c *conn) dial(ctx context.Context) (*session, error) {
 		return nil, fmt.Errorf("greeting from %s: %w", c.cfg.Address, err)
 	}
 	raw.SetDeadline(time.Time{})
-	s := &session{c: cl, peer: gc.peerNode(), rcptMax: 1000}
+	s := &session{c: cl, peer: gc.peerNode(), rcptMax: 1000, unwatch: unwatch}
 	if err := c.checkPeer(ctx, s.peer); err != nil {
 		cl.Close()
 		return nil, err
@@ -104,6 +123,7 @@ func (c *conn) dial(ctx context.Context) (*session, error) {
 			return nil, fmt.Errorf("auth as %s at %s: %w", c.cfg.Username, c.cfg.Address, err)
 		}
 	}
+	dialled = true
 	return s, nil
 }
 
