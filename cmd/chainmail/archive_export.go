@@ -68,7 +68,8 @@ func (c *archiveCLI) export(ctx context.Context, args []string) error {
 	}
 	fmt.Fprintln(c.stderr)
 	if err != nil && *format == "eml" {
-		return fmt.Errorf("%w (run the same command again to resume)", err)
+		// Also after an interrupt: the files written are complete and kept.
+		fmt.Fprintln(c.stderr, "run the same command again to resume: it skips the files already written")
 	}
 	return err
 }

@@ -38,6 +38,8 @@ type cliArchive struct {
 	order []string     // newest first
 	// corrupt makes OpenRaw serve other bytes than the id's.
 	corrupt bool
+	// onRaw, when set, runs before each OpenRaw (interrupt tests).
+	onRaw func(n int64)
 }
 
 func newCLIArchive() *cliArchive {
@@ -97,7 +99,13 @@ func (a *cliArchive) Get(ctx context.Context, id string) (*archive.Meta, error) 
 }
 
 func (a *cliArchive) OpenRaw(ctx context.Context, id string) (io.ReadCloser, int64, error) {
-	a.raws.Add(1)
+	n := a.raws.Add(1)
+	a.mu.Lock()
+	onRaw := a.onRaw
+	a.mu.Unlock()
+	if onRaw != nil {
+		onRaw(n)
+	}
 	a.mu.Lock()
 	b, ok := a.msgs[id]
 	corrupt := a.corrupt
@@ -145,12 +153,17 @@ type cliResult struct {
 // runCLI runs 'chainmail archive args…' with env as its environment.
 func runCLI(t *testing.T, env map[string]string, args ...string) cliResult {
 	t.Helper()
+	return runCLIContext(t, context.Background(), env, args...)
+}
+
+func runCLIContext(t *testing.T, ctx context.Context, env map[string]string, args ...string) cliResult {
+	t.Helper()
 	var out, errb bytes.Buffer
 	c := &archiveCLI{
 		getenv: func(k string) string { return env[k] },
 		stdout: &out, stderr: &errb, loc: time.UTC,
 	}
-	code := c.run(context.Background(), args)
+	code := c.run(ctx, args)
 	return cliResult{code, out.String(), errb.String()}
 }
 
@@ -621,5 +634,67 @@ func TestClientPathPrefixAndForeignErrors(t *testing.T) {
 	defer mu.Unlock()
 	if len(paths) != 2 || paths[0] != "/chainmail/api/v1/archive/digest" || paths[1] != "/chainmail/api/v1/archive/messages/a%2Fb" {
 		t.Errorf("paths %q", paths)
+	}
+}
+
+func TestArchiveExportInterrupted(t *testing.T) {
+	t.Parallel()
+	arch := newCLIArchive()
+	for i := range 6 {
+		arch.add([]byte("Subject: "+strconv.Itoa(i)+"\r\n\r\nbody\r\n"), "a@example.com", "s", day(i+1))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// Ctrl-C arrives while the third message is being fetched.
+	arch.onRaw = func(n int64) {
+		if n == 3 {
+			cancel()
+		}
+	}
+	api := startAPI(t, arch)
+	env := map[string]string{"CHAINMAIL_API": api, "CHAINMAIL_TOKEN": cliToken}
+	tmp := t.TempDir()
+
+	dir := filepath.Join(tmp, "eml")
+	r := runCLIContext(t, ctx, env, "export", "--format", "eml", "-o", dir)
+	if r.code != 1 || !strings.Contains(r.stderr, "interrupted") || !strings.Contains(r.stderr, "run the same command again") {
+		t.Errorf("interrupted eml export: %d %q", r.code, r.stderr)
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 2 {
+		t.Errorf("after the interrupt the folder holds %d entries, want the 2 complete files", len(entries))
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") {
+			t.Errorf("temporary file %s left", e.Name())
+		}
+	}
+	arch.mu.Lock()
+	arch.onRaw = nil
+	arch.mu.Unlock()
+	r = runCLI(t, env, "export", "--format", "eml", "-o", dir)
+	if r.code != 0 || !strings.Contains(r.stderr, "exported 4 messages") || !strings.Contains(r.stderr, "2 already there") {
+		t.Errorf("resumed export: %d %q", r.code, r.stderr)
+	}
+
+	// An interrupted mbox export leaves nothing behind.
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	arch.mu.Lock()
+	base := arch.raws.Load()
+	arch.onRaw = func(n int64) {
+		if n == base+3 {
+			cancel2()
+		}
+	}
+	arch.mu.Unlock()
+	mdir := filepath.Join(tmp, "mbox")
+	os.Mkdir(mdir, 0o750)
+	r = runCLIContext(t, ctx2, env, "export", "--format", "mbox", "-o", filepath.Join(mdir, "a.mbox"))
+	if r.code != 1 {
+		t.Errorf("interrupted mbox export: %d %q", r.code, r.stderr)
+	}
+	if entries, _ := os.ReadDir(mdir); len(entries) != 0 {
+		t.Errorf("interrupted mbox export left %v", entries)
 	}
 }
