@@ -255,13 +255,23 @@ func (a *loginServer) Next(response []byte) ([]byte, bool, error) {
 
 // deadlineReader renews the read deadline before every read during DATA,
 // so a slow but steady 50 MB upload is fine and a stalled one is not.
+//
+// Its first error is final. A bufio.Reader in front of it may read again
+// after an error (bufio.Reader.WriteTo refills), and renewing the deadline
+// then would give a stalled client a second data_timeout.
 type deadlineReader struct {
 	r    io.Reader
 	conn net.Conn
 	d    time.Duration
+	err  error
 }
 
 func (r *deadlineReader) Read(p []byte) (int, error) {
+	if r.err != nil {
+		return 0, r.err
+	}
 	r.conn.SetReadDeadline(time.Now().Add(r.d))
-	return r.r.Read(p)
+	n, err := r.r.Read(p)
+	r.err = err
+	return n, err
 }
