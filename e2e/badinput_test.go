@@ -184,45 +184,51 @@ func TestBadInputEightBitHeaders(t *testing.T) {
 // and the connection is closed; nothing is stored.
 func TestBadInputTimeouts(t *testing.T) {
 	t.Parallel()
-	cfg, addr := nodeConfig(t, "    read_timeout: 1s\n    data_timeout: 1s\n")
+	cfg, addr := nodeConfig(t, "    read_timeout: 2s\n    data_timeout: 1s\n")
 	n := testutil.StartNode(t, cfg+"store: {spool_threshold: 4KiB}\n")
 
-	t.Run("idle before EHLO", func(t *testing.T) {
-		c := dial(t, addr, "")
-		r, err := c.Read()
-		expect(t, r, err, "421 4.4.2 Idle timeout, bye bye")
-		expectClosed(t, c)
-	})
-	t.Run("idle in a transaction", func(t *testing.T) {
-		c := dial(t, addr, "")
-		ehlo(t, c)
-		cmd(t, c, "250 2.0.0 Roger, accepting mail from <s@example.com>", "MAIL FROM:<s@example.com>")
-		r, err := c.Read()
-		expect(t, r, err, "421 4.4.2 Idle timeout, bye bye")
-		expectClosed(t, c)
-	})
-	for _, tc := range []struct {
-		name string
-		part []byte
-	}{
-		{"stalled DATA in memory", []byte("Subject: stalled\r\n\r\nhalf a li")},
-		{"stalled DATA in the spool", textMessage("stalled big", "stalled@example.com", 1000)},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
+	// Each case waits for a timeout: they run side by side.
+	t.Run("cases", func(t *testing.T) {
+		t.Run("idle before EHLO", func(t *testing.T) {
+			t.Parallel()
+			c := dial(t, addr, "")
+			r, err := c.Read()
+			expect(t, r, err, "421 4.4.2 Idle timeout, bye bye")
+			expectClosed(t, c)
+		})
+		t.Run("idle in a transaction", func(t *testing.T) {
+			t.Parallel()
 			c := dial(t, addr, "")
 			ehlo(t, c)
 			cmd(t, c, "250 2.0.0 Roger, accepting mail from <s@example.com>", "MAIL FROM:<s@example.com>")
-			cmd(t, c, "250 2.0.0 I'll make sure <r@example.org> gets this", "RCPT TO:<r@example.org>")
-			cmd(t, c, "354 Go ahead. End your data with <CR><LF>.<CR><LF>", "DATA")
-			c.Raw(tc.part)
 			r, err := c.Read()
-			expect(t, r, err, "421 4.4.2 Timeout reading message data")
-			// 421 says the server closes the channel (RFC 5321 §3.8): what
-			// the client sends next must not be read as commands.
+			expect(t, r, err, "421 4.4.2 Idle timeout, bye bye")
 			expectClosed(t, c)
-			expectSpoolEmpty(t, n)
 		})
-	}
+		for _, tc := range []struct {
+			name string
+			part []byte
+		}{
+			{"stalled DATA in memory", []byte("Subject: stalled\r\n\r\nhalf a li")},
+			{"stalled DATA in the spool", textMessage("stalled big", "stalled@example.com", 1000)},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel()
+				c := dial(t, addr, "")
+				ehlo(t, c)
+				cmd(t, c, "250 2.0.0 Roger, accepting mail from <s@example.com>", "MAIL FROM:<s@example.com>")
+				cmd(t, c, "250 2.0.0 I'll make sure <r@example.org> gets this", "RCPT TO:<r@example.org>")
+				cmd(t, c, "354 Go ahead. End your data with <CR><LF>.<CR><LF>", "DATA")
+				c.Raw(tc.part)
+				r, err := c.Read()
+				expect(t, r, err, "421 4.4.2 Timeout reading message data")
+				// 421 says the server closes the channel (RFC 5321 §3.8): what
+				// the client sends next must not be read as commands.
+				expectClosed(t, c)
+				expectSpoolEmpty(t, n)
+			})
+		}
+	})
 	if d := n.Digest(); d.Count != 0 {
 		t.Fatalf("archive holds %d messages after timeouts", d.Count)
 	}
@@ -234,7 +240,7 @@ func TestBadInputTimeouts(t *testing.T) {
 func TestBadInputSessionCaps(t *testing.T) {
 	t.Parallel()
 	cfg, addr := nodeConfig(t, "    max_sessions: 4\n    max_sessions_per_ip: 2\n")
-	testutil.StartNode(t, cfg)
+	n := testutil.StartNode(t, cfg)
 	const refused = "421 4.7.0 Too many sessions, try again later"
 
 	// flood dials from every address at once and returns the admitted
@@ -323,6 +329,8 @@ func TestBadInputSessionCaps(t *testing.T) {
 		quit(t, in[1:])
 	})
 	t.Run("per listener", func(t *testing.T) {
+		// A session's place frees just after its connection closes.
+		waitSessions(t, n, 0)
 		var locals []string
 		for i := range 20 {
 			locals = append(locals, fmt.Sprintf("127.0.1.%d", i+1))

@@ -142,3 +142,19 @@ func logHas(t *testing.T, n *testutil.Node, parts ...string) {
 		return false
 	})
 }
+
+// waitSessions waits for the node to count want open SMTP sessions.
+func waitSessions(t *testing.T, n *testutil.Node, want int64) {
+	t.Helper()
+	var got int64
+	testutil.WaitFor(t, closeBound, fmt.Sprintf("%d open sessions", want), func() bool {
+		var node struct {
+			Counters map[string]int64 `json:"counters"`
+		}
+		if s := n.Get("/api/v1/node", &node); s != 200 {
+			t.Fatalf("GET /api/v1/node: HTTP %d", s)
+		}
+		got = node.Counters["smtp_sessions_active"]
+		return got == want
+	})
+}
