@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -34,7 +35,18 @@ func TestCrashUnderLoad(t *testing.T) {
 	var acked [][]byte // every message that got 250, over all cycles
 	attempted := 0
 	for cycle := range cycles {
+		// One client is half-way through a large message when the node
+		// dies: its spool file must not survive the restart.
+		stalled := dial(t, addr, "")
+		ehlo(t, stalled)
+		cmd(t, stalled, "250 2.0.0 Roger, accepting mail from <stalled@example.com>", "MAIL FROM:<stalled@example.com>")
+		cmd(t, stalled, "250 2.0.0 I'll make sure <r@example.org> gets this", "RCPT TO:<r@example.org>")
+		cmd(t, stalled, "354 Go ahead. End your data with <CR><LF>.<CR><LF>", "DATA")
+		stalled.Raw(textMessage("never finished", fmt.Sprintf("stalled-%d@example.com", cycle), 1500))
+		testutil.WaitFor(t, closeBound, "the stalled message to reach the spool", func() bool { return len(spoolFiles(t, n)) > 0 })
+
 		got, tried := loadAndKill(t, n, addr, cycle, workers, perWorker, ackedBeforeKill)
+		stalled.Close()
 		acked = append(acked, got...)
 		attempted += tried
 		// The file a SIGKILL left behind is consistent before any repair.
@@ -43,6 +55,9 @@ func TestCrashUnderLoad(t *testing.T) {
 
 		if left := spoolFiles(t, n); len(left) != 0 {
 			t.Fatalf("cycle %d: spool files left after restart: %v", cycle, left)
+		}
+		if !strings.Contains(n.Output(), "removed spool files of sessions interrupted by a crash") {
+			t.Fatalf("cycle %d: the restart does not say it removed the crash's spool files", cycle)
 		}
 		d := n.Digest()
 		if d.Count < len(acked) || d.Count > attempted {
