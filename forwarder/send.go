@@ -231,6 +231,16 @@ func (c *conn) send(ctx context.Context, s *session, e queue.Entry) error {
 // transaction is MAIL, RCPT… and DATA with the trace fields in front of
 // the archived bytes.
 func (c *conn) transaction(ctx context.Context, s *session, meta *archive.Meta, head []byte, rcpts []string) error {
+	// Open the bytes before MAIL: once DATA has begun, the only way out
+	// short of dropping the session is the final dot, which would hand
+	// the peer an empty message to archive. Unreadable bytes are a local
+	// fault, a failed attempt like a missing message in send.
+	raw, _, err := c.f.deps.Archive.OpenRaw(ctx, meta.ID)
+	if err != nil {
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
+			Message: fmt.Sprintf("local: read archived %s: %v", meta.ID[:12], err)}
+	}
+	defer raw.Close()
 	opts := &smtp.MailOptions{Size: meta.Size + int64(len(head))}
 	if !isASCII(meta.Envelope.MailFrom) || !allASCII(rcpts) {
 		if ok, _ := s.c.Extension("SMTPUTF8"); ok {
@@ -249,12 +259,6 @@ func (c *conn) transaction(ctx context.Context, s *session, meta *archive.Meta, 
 	if err != nil {
 		return err
 	}
-	raw, _, err := c.f.deps.Archive.OpenRaw(ctx, meta.ID)
-	if err != nil {
-		w.Close()
-		return fmt.Errorf("read archived %s: %w", meta.ID[:12], err)
-	}
-	defer raw.Close()
 	if _, err := w.Write(head); err != nil {
 		return err
 	}
