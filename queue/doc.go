@@ -19,6 +19,9 @@
 //	dead   seq → JSON Entry                                               dead letters
 //	meta   "depth", "dead", "delivered" (8-byte counters), "peer_node"
 //
+// A seq is never reused, not even after a Purge: the forwarder acks and
+// fails entries by seq.
+//
 // Retry state (attempts, next attempt, last error) lives in the entry and
 // persists across restarts. Scheduling is the forwarder's: Due walks the
 // ready bucket from its head and returns the entries whose time has come.

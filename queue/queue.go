@@ -352,12 +352,20 @@ func (s *Store) Purge(ctx context.Context, conn string) (int, error) {
 		}
 		peer := append([]byte(nil), b.meta.Get(keyPeerNode)...)
 		delivered := counter(b.meta, keyDelivered)
+		// Sequence numbers are never reused: the forwarder may still
+		// hold purged entries (in flight, or handed out), and their Ack
+		// or Fail by seq must not land on an entry queued after the
+		// purge.
+		seq := b.ready.Sequence()
 		dropped = b.ready.Stats().KeyN + b.dead.Stats().KeyN
 		if err := top.DeleteBucket([]byte(conn)); err != nil {
 			return err
 		}
 		nb, err := buckets(tx, conn, true)
 		if err != nil {
+			return err
+		}
+		if err := nb.ready.SetSequence(seq); err != nil {
 			return err
 		}
 		if len(peer) > 0 {
