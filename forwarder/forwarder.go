@@ -2,6 +2,7 @@ package forwarder
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -27,6 +28,9 @@ type Queue interface {
 	PeerNode(conn string) string
 	SetPeerNode(ctx context.Context, conn, node string) error
 	SetLimit(conn string, limit int)
+	Retry(ctx context.Context, conn string) (int, error)
+	Purge(ctx context.Context, conn string) (int, error)
+	List(conn string, dead bool, limit int) ([]queue.Entry, error)
 }
 
 // Archive is what the forwarder reads of the archive.
@@ -162,7 +166,7 @@ func (f *Forwarder) Resume(name string) error { return f.control(name, false) }
 func (f *Forwarder) control(name string, pause bool) error {
 	c, ok := f.get(name)
 	if !ok {
-		return fmt.Errorf("forwarder: no connection %q", name)
+		return fmt.Errorf("%w: %q", ErrNoConnection, name)
 	}
 	c.mu.Lock()
 	c.paused = pause
@@ -176,7 +180,7 @@ func (f *Forwarder) control(name string, pause bool) error {
 func (f *Forwarder) Kick(name string) error {
 	c, ok := f.get(name)
 	if !ok {
-		return fmt.Errorf("forwarder: no connection %q", name)
+		return fmt.Errorf("%w: %q", ErrNoConnection, name)
 	}
 	c.kickNow()
 	return nil
@@ -225,3 +229,47 @@ func (f *Forwarder) StatusOf(name string) (Status, bool) {
 	}
 	return c.status(), true
 }
+
+// Retry revives a connection's dead letters, makes every deferred entry due
+// now and wakes the connection (a down peer is probed at once). It returns
+// how many dead letters were revived.
+func (f *Forwarder) Retry(ctx context.Context, name string) (int, error) {
+	c, ok := f.get(name)
+	if !ok {
+		return 0, fmt.Errorf("%w: %q", ErrNoConnection, name)
+	}
+	n, err := f.deps.Queue.Retry(ctx, name)
+	if err != nil {
+		return 0, fmt.Errorf("forwarder: retry %s: %w", name, err)
+	}
+	c.kickNow()
+	c.log.WithField("revived", n).Info("operator retry: dead letters revived, deferred entries due now")
+	return n, nil
+}
+
+// Purge drops a connection's queue and dead letters; the messages stay in
+// the archive. It returns how many entries were dropped.
+func (f *Forwarder) Purge(ctx context.Context, name string) (int, error) {
+	c, ok := f.get(name)
+	if !ok {
+		return 0, fmt.Errorf("%w: %q", ErrNoConnection, name)
+	}
+	n, err := f.deps.Queue.Purge(ctx, name)
+	if err != nil {
+		return 0, fmt.Errorf("forwarder: purge %s: %w", name, err)
+	}
+	c.log.WithField("dropped", n).Warn("operator purge: queue and dead letters dropped (messages stay archived)")
+	return n, nil
+}
+
+// Entries lists up to limit entries of a connection's queue, or of its
+// dead-letter list.
+func (f *Forwarder) Entries(name string, dead bool, limit int) ([]queue.Entry, error) {
+	if _, ok := f.get(name); !ok {
+		return nil, fmt.Errorf("%w: %q", ErrNoConnection, name)
+	}
+	return f.deps.Queue.List(name, dead, limit)
+}
+
+// ErrNoConnection: no connection by that name.
+var ErrNoConnection = errors.New("no such connection")

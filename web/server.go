@@ -62,6 +62,8 @@ type Options struct {
 
 	// Archive is required.
 	Archive Archive
+	// Connections are the forwarder's; nil lists none.
+	Connections Connections
 	// Health runs the node's health checks for /healthz; nil means none
 	// (the node is healthy when it can answer).
 	Health func(ctx context.Context) []Check
@@ -195,6 +197,12 @@ func (s *Server) routes() {
 	s.handle("GET", "/api/v1/archive/messages/{id}", accessAPI, s.handleMessage)
 	s.handle("GET", "/api/v1/archive/messages/{id}/raw", accessAPI, s.handleRaw)
 	s.handle("GET", "/api/v1/archive/digest", accessAPI, s.handleDigest)
+	s.handle("GET", "/api/v1/connections", accessAPI, s.handleConnections)
+	s.handle("GET", "/api/v1/connections/{name}", accessAPI, s.handleConnection)
+	s.handle("GET", "/api/v1/connections/{name}/queue", accessAPI, s.handleQueue)
+	for _, action := range []string{"retry", "purge", "pause", "resume"} {
+		s.handle("POST", "/api/v1/connections/{name}/"+action, accessAPI, s.handleConnectionAction(action))
+	}
 
 	// Unknown API paths answer 404 only to an authenticated caller, so the
 	// path space cannot be probed anonymously.

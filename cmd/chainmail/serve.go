@@ -171,7 +171,7 @@ func startNode(cfg *config.Node, log *logrus.Entry, stdout io.Writer) (n *node, 
 	started := time.Now()
 	n.web, err = web.New(web.Options{
 		Address: cfg.Web.Address, NodeID: cfg.Node, Version: version, Started: started,
-		Archive: n.archive, Health: n.health, Counters: n.counters, Registry: reg,
+		Archive: n.archive, Connections: n.forwarder, Health: n.health, Counters: n.counters, Registry: reg,
 		APITokens: cfg.Web.APITokens, ReadOnlyTokens: cfg.Web.ReadOnlyTokens, MetricsAuth: cfg.Web.MetricsAuth,
 		Users: users, Log: log.WithField("component", "web"),
 	})
