@@ -2,6 +2,7 @@ package envelope
 
 import (
 	"encoding/hex"
+	"fmt"
 	"time"
 )
 
@@ -43,4 +44,17 @@ type Receipt struct {
 	TLS        string    `json:"tls,omitempty"` // "TLS1.3 TLS_AES_128_GCM_SHA256"; empty without TLS
 	AuthUser   string    `json:"auth_user,omitempty"`
 	Received   time.Time `json:"received"`
+}
+
+// MarshalText writes a hash as lower-case hex, in JSON and logs.
+func (h Hash) MarshalText() ([]byte, error) { return []byte(h.String()), nil }
+
+// UnmarshalText reads what MarshalText writes.
+func (h *Hash) UnmarshalText(b []byte) error {
+	v, ok := ParseHash(string(b))
+	if !ok {
+		return fmt.Errorf("envelope: bad hash %q", b)
+	}
+	*h = v
+	return nil
 }

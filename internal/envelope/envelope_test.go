@@ -2,6 +2,7 @@ package envelope
 
 import (
 	"bytes"
+	"encoding/json"
 	"crypto/sha256"
 	"errors"
 	"io"
@@ -166,5 +167,20 @@ func TestSpoolerBareLFAcrossWrites(t *testing.T) {
 				t.Fatal("bare LF accepted")
 			}
 		})
+	}
+}
+
+func TestHashJSON(t *testing.T) {
+	h := hop("a")
+	b, err := json.Marshal(h)
+	if err != nil || !strings.Contains(string(b), `"hash":"`+h.Hash.String()+`"`) {
+		t.Fatalf("%s %v", b, err)
+	}
+	var back Hop
+	if err := json.Unmarshal(b, &back); err != nil || back.Hash != h.Hash {
+		t.Fatalf("round trip: %v", err)
+	}
+	if err := json.Unmarshal([]byte(`{"hash":"zz"}`), &back); err == nil {
+		t.Fatal("bad hash accepted")
 	}
 }
