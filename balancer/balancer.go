@@ -193,10 +193,12 @@ func (b *Balancer) Run(ctx context.Context) error {
 	b.mu.Lock()
 	b.stopping = true
 	shutdown = b.cfg.Balancer.ShutdownTimeout
-	b.closeListeners()
+	for _, fe := range b.frontends {
+		fe.ln.Close()
+	}
 	cancelRun()
 	if b.adminSrv != nil {
-		b.adminSrv.Close()
+		b.adminSrv.Close() // and its listener
 	}
 	b.mu.Unlock()
 	b.loops.Wait()

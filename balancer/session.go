@@ -26,8 +26,12 @@ const (
 )
 
 // rejectLinger bounds how long a refused client is given to read our 421
-// before the connection is closed.
-const rejectLinger = 2 * time.Second
+// before the connection is closed; finLinger how long a client may keep
+// its side open after the server has closed the session.
+const (
+	rejectLinger = 2 * time.Second
+	finLinger    = 5 * time.Second
+)
 
 // session is one client connection, tracked so a shutdown that runs out of
 // time can close it.
@@ -270,6 +274,9 @@ func (b *Balancer) relay(sess *session, backend net.Conn, greeting []byte, idle 
 	go func() {
 		n, err := io.Copy(client, backend)
 		closeWrite(client)
+		// The server has closed: once the client has seen that, nothing
+		// it sends can matter. Give it finLinger to close its side.
+		client.SetReadDeadline(time.Now().Add(finLinger))
 		done <- copied{n, err, false}
 	}()
 
@@ -289,6 +296,9 @@ func (b *Balancer) relay(sess *session, backend net.Conn, greeting []byte, idle 
 				in = c.n
 			} else {
 				out += c.n
+			}
+			if c.upward && errors.Is(c.err, os.ErrDeadlineExceeded) {
+				c.err = nil // finLinger: the server had closed already
 			}
 			if c.err != nil {
 				if result == resultOK {
