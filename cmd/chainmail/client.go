@@ -59,6 +59,23 @@ func newAPIClient(base, token, user, password string) (*apiClient, error) {
 // do sends a GET for path (already escaped) and query, and returns the
 // response if it is 200; any other status becomes an *apiError.
 func (c *apiClient) do(ctx context.Context, path string, query url.Values) (*http.Response, error) {
+	return c.send(ctx, http.MethodGet, path, query)
+}
+
+// post sends a POST without a body and decodes the JSON answer into v.
+func (c *apiClient) post(ctx context.Context, path string, v any) error {
+	resp, err := c.send(ctx, http.MethodPost, path, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return fmt.Errorf("decode answer of %s: %w", path, err)
+	}
+	return nil
+}
+
+func (c *apiClient) send(ctx context.Context, method, path string, query url.Values) (*http.Response, error) {
 	u := *c.base
 	// path is escaped (an id segment could hold anything a user typed):
 	// set the escaped form and its decoding together so neither is lost.
@@ -68,7 +85,7 @@ func (c *apiClient) do(ctx context.Context, path string, query url.Values) (*htt
 		return nil, fmt.Errorf("path %q: %w", path, err)
 	}
 	u.RawQuery = query.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
 	if err != nil {
 		return nil, err
 	}
