@@ -179,7 +179,11 @@ func (c *conn) deliver(ctx context.Context) error {
 	work := make(chan queue.Entry)
 	var wg sync.WaitGroup
 	for range c.cfg.Concurrency {
-		wg.Go(func() { c.worker(dctx, stop, work) })
+		// Workers get the connection's context, not dctx: their sessions
+		// close when it ends (shutdown, removal), but a sibling's failure
+		// lets each finish the message it is sending — aborting it after
+		// the peer had it all would only send it twice.
+		wg.Go(func() { c.worker(ctx, stop, work) })
 	}
 	wake := c.f.deps.Queue.Wake(c.cfg.Name)
 	batch := 4 * c.cfg.Concurrency
