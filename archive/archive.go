@@ -32,6 +32,7 @@ var (
 	bucketBlob    = []byte("blob")
 	bucketIndex   = []byte("index")
 	bucketStats   = []byte("stats")
+	bucketStaged  = []byte("staged")
 	keyMessages   = []byte("messages")
 	keyBytes      = []byte("bytes")
 )
@@ -51,22 +52,24 @@ type Store struct {
 
 // Open prepares the archive's buckets in db.
 func Open(db *store.DB) (*Store, error) {
+	s := &Store{db: db, blobs: boltBlobs{}}
 	err := db.Bolt().Update(func(tx *bolt.Tx) error {
 		top, err := tx.CreateBucketIfNotExists(bucketArchive)
 		if err != nil {
 			return err
 		}
-		for _, name := range [][]byte{bucketMeta, bucketHash, bucketBlob, bucketIndex, bucketStats} {
+		for _, name := range [][]byte{bucketMeta, bucketHash, bucketBlob, bucketIndex, bucketStats, bucketStaged} {
 			if _, err := top.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
 		}
-		return nil
+		_, err = s.clearStaged(tx)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("archive: open: %w", err)
 	}
-	return &Store{db: db, blobs: boltBlobs{}}, nil
+	return s, nil
 }
 
 // Item is one message ready to archive: received, hashed, headers parsed.
@@ -78,6 +81,8 @@ type Item struct {
 	Trace    envelope.Trace
 	Headers  Headers
 	Journal  *JournalSummary
+
+	staged uint64 // the reserved seq whose chunks Stage wrote; 0: none
 }
 
 // Prepare parses what the archive indexes. It runs in the session's
@@ -109,15 +114,37 @@ func (s *Store) PutTx(tx *bolt.Tx, it *Item) (PutResult, error) {
 		if err != nil {
 			return PutResult{}, fmt.Errorf("archive: merge %s: %w", it.Hash.Short(), err)
 		}
+		if it.staged != 0 {
+			// Archived by another session while this one staged:
+			// the first copy stays, this one goes.
+			if err := s.dropStaged(tx, it.staged); err != nil {
+				return PutResult{}, fmt.Errorf("archive: merge %s: %w", it.Hash.Short(), err)
+			}
+		}
 		return PutResult{Seq: seq, NewRecipients: added}, nil
 	}
-	seq, err := metas.NextSequence()
-	if err != nil {
-		return PutResult{}, fmt.Errorf("archive: put %s: %w", it.Hash.Short(), err)
-	}
-	size, err := s.blobs.put(tx, seq, it.Body)
-	if err != nil {
-		return PutResult{}, fmt.Errorf("archive: put %s: %w", it.Hash.Short(), err)
+	var (
+		seq  uint64
+		size int64
+		err  error
+	)
+	if it.staged != 0 {
+		// The bytes are in already (stage.go); they become a message now.
+		seq, size = it.staged, it.Body.Size()
+		staged := top.Bucket(bucketStaged)
+		if staged.Get(u64(seq)) == nil {
+			return PutResult{}, fmt.Errorf("archive: put %s: staged bytes of seq %d are gone", it.Hash.Short(), seq)
+		}
+		if err := staged.Delete(u64(seq)); err != nil {
+			return PutResult{}, fmt.Errorf("archive: put %s: %w", it.Hash.Short(), err)
+		}
+	} else {
+		if seq, err = metas.NextSequence(); err != nil {
+			return PutResult{}, fmt.Errorf("archive: put %s: %w", it.Hash.Short(), err)
+		}
+		if size, err = s.blobs.put(tx, seq, it.Body); err != nil {
+			return PutResult{}, fmt.Errorf("archive: put %s: %w", it.Hash.Short(), err)
+		}
 	}
 	if size != it.Body.Size() {
 		return PutResult{}, fmt.Errorf("archive: put %s: stored %d of %d bytes", it.Hash.Short(), size, it.Body.Size())

@@ -1,6 +1,7 @@
 package archive
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -18,6 +19,11 @@ const chunkSize = 256 << 10
 // today; see the package comment.
 type blobStore interface {
 	put(tx *bolt.Tx, seq uint64, body *envelope.Body) (int64, error)
+	// putPiece stores piece as the chunks from index first on; piece is
+	// a whole number of chunks except at the end of the message.
+	putPiece(tx *bolt.Tx, seq uint64, first uint32, piece []byte) error
+	// drop deletes every chunk of message seq.
+	drop(tx *bolt.Tx, seq uint64) error
 	// chunk copies chunk i of message seq; nil when past the end.
 	chunk(tx *bolt.Tx, seq uint64, i uint32) []byte
 }
@@ -56,6 +62,33 @@ func (boltBlobs) put(tx *bolt.Tx, seq uint64, body *envelope.Body) (int64, error
 		off += n
 	}
 	return off, nil
+}
+
+func (boltBlobs) putPiece(tx *bolt.Tx, seq uint64, first uint32, piece []byte) error {
+	b := tx.Bucket(bucketArchive).Bucket(bucketBlob)
+	for i := first; len(piece) > 0; i++ {
+		n := min(len(piece), chunkSize)
+		// The caller keeps piece unchanged until the commit.
+		if err := b.Put(blobKey(seq, i), piece[:n]); err != nil {
+			return fmt.Errorf("blob %d chunk %d: %w", seq, i, err)
+		}
+		piece = piece[n:]
+	}
+	return nil
+}
+
+func (boltBlobs) drop(tx *bolt.Tx, seq uint64) error {
+	b := tx.Bucket(bucketArchive).Bucket(bucketBlob)
+	prefix := blobKey(seq, 0)[:8]
+	c := b.Cursor()
+	// Seek again after every delete: a bbolt cursor may skip a key when
+	// the one under it is deleted.
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Seek(prefix) {
+		if err := c.Delete(); err != nil {
+			return fmt.Errorf("blob %d: %w", seq, err)
+		}
+	}
+	return nil
 }
 
 func (boltBlobs) chunk(tx *bolt.Tx, seq uint64, i uint32) []byte {

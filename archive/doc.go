@@ -11,6 +11,9 @@
 //   - Nothing is ever deleted.
 //   - PutTx runs inside the caller's write transaction (store.DB.Update),
 //     so archiving a message and queueing it for peers commit together.
+//     A message larger than stagePiece has its bytes written first by
+//     Stage, in transactions of bounded size, so no transaction holds a
+//     whole large message in memory; it exists only once PutTx commits.
 //
 // On-disk layout (bucket "archive" holds the others; integers are 8-byte
 // big-endian so byte order is numeric order):
@@ -20,6 +23,9 @@
 //	blob   seq ‖ chunk index (4 bytes) → ≤256 KiB of the message
 //	index  kind byte ‖ term ‖ 0x00 ‖ seq → "" search postings (kinds below)
 //	stats  "messages", "bytes" → counters
+//	staged seq → sha256                       a large message's chunks written ahead of its
+//	                                          metadata (stage.go); cleared by PutTx, or by Open
+//	                                          after a crash
 //
 // Index kinds: 'f' From address, 'F' From domain, 't' recipient address
 // (To, Cc, envelope RCPT TO, journal recipients), 'T' recipient domain,

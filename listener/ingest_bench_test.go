@@ -106,7 +106,7 @@ func startBenchNode(b *testing.B, noSync bool) string {
 	logger.SetOutput(io.Discard)
 	logger.SetLevel(logrus.WarnLevel)
 	router := route.New([]config.Route{{Name: "journal", From: []string{"bench"}, Actions: []string{config.ActionArchive}}},
-		route.Deps{Node: "bench", MaxHops: 16, Commit: db, Archive: arch})
+		route.Deps{Node: "bench", MaxHops: 16, Commit: db, Archive: arch, Stage: arch})
 	var cfg config.Listener
 	cfg.Defaults()
 	cfg.Name, cfg.Address = "bench", "127.0.0.1:0"

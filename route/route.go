@@ -45,6 +45,15 @@ type Enqueuer interface {
 	EnqueueTx(tx *bolt.Tx, connection string, h envelope.Hash) error
 }
 
+// Stager writes the bytes of a large message in transactions of their own
+// ahead of the one that archives it (archive.Store.Stage), so that no
+// transaction holds a whole large message in memory. After Stage, the
+// archiving transaction commits or Unstage undoes it.
+type Stager interface {
+	Stage(ctx context.Context, it *archive.Item) error
+	Unstage(it *archive.Item)
+}
+
 // Peers tells which node a connection leads to ("" while unknown).
 type Peers interface {
 	PeerNode(connection string) string
@@ -62,6 +71,7 @@ type Deps struct {
 	MaxHops int
 	Commit  Committer
 	Archive Archiver
+	Stage   Stager   // nil: a message's bytes go in its one transaction
 	Queue   Enqueuer // nil: forwarding is not available (no connections)
 	Peers   Peers
 	Metrics Metrics
@@ -161,6 +171,11 @@ func (r *Router) Deliver(ctx context.Context, listener string, it *archive.Item)
 	if len(targets) > 0 && r.deps.Queue == nil {
 		return Outcome{}, fmt.Errorf("route: listener %s: forwarding is not available", listener)
 	}
+	if r.deps.Stage != nil {
+		if err := r.deps.Stage.Stage(ctx, it); err != nil {
+			return Outcome{}, err
+		}
+	}
 	err := r.deps.Commit.Update(ctx, func(tx *bolt.Tx) error {
 		out.Forwarded = out.Forwarded[:0]
 		res, err := r.deps.Archive.PutTx(tx, it)
@@ -183,6 +198,9 @@ func (r *Router) Deliver(ctx context.Context, listener string, it *archive.Item)
 		return nil
 	})
 	if err != nil {
+		if r.deps.Stage != nil {
+			r.deps.Stage.Unstage(it)
+		}
 		return Outcome{}, err
 	}
 	if m := r.deps.Metrics; m != nil {

@@ -138,7 +138,7 @@ func startNode(cfg *config.Node, log *logrus.Entry, stdout io.Writer) (n *node, 
 	forwarder.RegisterQueueGauges(reg, n.forwarder)
 	n.router = route.New(cfg.Routes, route.Deps{
 		Node: cfg.Node, MaxHops: cfg.MaxHops,
-		Commit: db, Archive: n.archive, Queue: n.queue, Peers: n.forwarder,
+		Commit: db, Archive: n.archive, Stage: n.archive, Queue: n.queue, Peers: n.forwarder,
 		Metrics: route.NewMetrics(reg),
 		Log:     log.WithField("component", "route"),
 	})
