@@ -1,0 +1,679 @@
+package forwarder_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"chainmail/forwarder"
+	"chainmail/internal/config"
+	"chainmail/internal/testutil"
+	"chainmail/queue"
+)
+
+var (
+	reply451 = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try later"}
+	reply554 = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "refused"}
+)
+
+func TestDeliversEveryMessageOnceWithItsTrace(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, "a")
+	peer := testutil.StartFakePeer(t, "b")
+	ms := n.messages(40)
+	for i, m := range ms {
+		if i%4 == 0 { // came from node x through this node's ha listener
+			m.viaNode("x")
+		}
+		if i%8 == 0 {
+			m.viaNode("y")
+		}
+	}
+	n.put([]string{"peer-b"}, ms...)
+	f := n.start(conn("peer-b", peer.Addr(), func(c *config.Connection) { c.Concurrency = 4 }))
+
+	s := f.waitDrained("peer-b")
+	n.checkDelivered(peer, ms...)
+	if s.Delivered != 40 || s.Failed != 0 || s.DeadLetters != 0 || s.LastError != "" {
+		t.Errorf("status %+v, want 40 delivered and no failure", s)
+	}
+	if st := n.q.Stats("peer-b"); st.Depth != 0 || st.Delivered != 40 || !st.Oldest.IsZero() {
+		t.Errorf("queue stats %+v", st)
+	}
+	// Many messages per session: one session per worker, no reconnects.
+	if got := peer.MailSessions(); got > 4 {
+		t.Errorf("%d sessions carried the 40 messages, want at most concurrency (4)", got)
+	}
+	if s.PeerNode != "b" {
+		t.Errorf("peer node %q, want b (learned from the greeting)", s.PeerNode)
+	}
+}
+
+func TestPeerDownAtStartIsProbedThenCaughtUp(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, "a")
+	peer := testutil.StartFakePeer(t, "b")
+	peer.Down()
+	ms := n.messages(12)
+	n.put([]string{"peer-b"}, ms...)
+	f := n.start(conn("peer-b", peer.Addr(), func(c *config.Connection) { c.MaxRetries = 1 }))
+
+	s := f.waitDown("peer-b")
+	if s.QueueDepth != 12 {
+		t.Fatalf("down: %+v, want last_error and 12 queued", s)
+	}
+	d := n.dials.Load()
+	testutil.WaitFor(t, wait, "three more probes", func() bool { return n.dials.Load() >= d+3 })
+
+	// The peer comes back but holds its replies: the backlog is being
+	// caught up.
+	hold := make(chan struct{})
+	peer.SetBehaviour(func(c testutil.Call) testutil.Action {
+		if c.Step == testutil.StepData {
+			return testutil.Action{Hold: hold}
+		}
+		return testutil.Action{}
+	})
+	peer.Up()
+	f.waitState("peer-b", forwarder.StateCatchingUp)
+	for h, e := range n.entries("peer-b", false) {
+		if e.Attempts != 0 || e.LastError != "" {
+			t.Errorf("entry %s: %d attempts (%q) after an outage, want none", h.Short(), e.Attempts, e.LastError)
+		}
+	}
+	close(hold)
+	f.waitDrained("peer-b")
+	n.checkDelivered(peer, ms...)
+	if st := n.q.Stats("peer-b"); st.Dead != 0 {
+		t.Errorf("%d dead letters after an outage", st.Dead)
+	}
+}
+
+func TestPeerHangingUpDuringDataLosesNothing(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name  string
+		after int
+	}{
+		{"mid-DATA", 40},
+		{"after the whole message, before the reply", 1 << 20},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			n := newNode(t, "a")
+			peer := testutil.StartFakePeer(t, "b")
+			var hangups atomic.Int32
+			peer.SetBehaviour(func(c testutil.Call) testutil.Action {
+				if c.Step == testutil.StepData && hangups.Add(1) <= 3 {
+					return testutil.Action{Hangup: true, HangupAfter: tt.after}
+				}
+				return testutil.Action{}
+			})
+			ms := n.messages(10)
+			n.put([]string{"peer-b"}, ms...)
+			// max_retries 1: a hang-up that cost an attempt would
+			// dead-letter the message.
+			f := n.start(conn("peer-b", peer.Addr(), func(c *config.Connection) { c.MaxRetries = 1; c.Concurrency = 2 }))
+			s := f.waitDrained("peer-b")
+			n.checkDelivered(peer, ms...)
+			if s.DeadLetters != 0 || s.Delivered != 10 {
+				t.Errorf("status %+v, want 10 delivered, no dead letter", s)
+			}
+			hung := 0
+			for _, r := range peer.Received() {
+				if r.Outcome == testutil.HungUp {
+					hung++
+				}
+			}
+			if hung != 3 {
+				t.Errorf("peer hung up %d times, want 3", hung)
+			}
+			// Each hang-up takes the connection down; it comes back with
+			// a session per worker.
+			if got := peer.MailSessions(); got > 2*(1+3) {
+				t.Errorf("%d sessions, want at most concurrency x (1 + reconnects) = 8", got)
+			}
+		})
+	}
+}
+
+func TestDeferredMessageIsRetriedWithBackoff(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, "a")
+	peer := testutil.StartFakePeer(t, "b")
+	ms := n.messages(2)
+	x, y := ms[0], ms[1]
+	var accept atomic.Bool
+	peer.SetBehaviour(forRcpt(x.rcpt, testutil.StepRcpt, func() testutil.Action {
+		if accept.Load() {
+			return testutil.Action{}
+		}
+		return testutil.Action{Reply: reply451}
+	}))
+	n.put([]string{"peer-b"}, ms...)
+	f := n.start(conn("peer-b", peer.Addr(), func(c *config.Connection) {
+		c.RetryMin, c.RetryMax = time.Hour, 2*time.Hour
+	}))
+	testutil.WaitFor(t, wait, "y delivered and x deferred", func() bool {
+		return len(peer.Accepted()) == 1 && n.entries("peer-b", false)[x.hash].Attempts == 1
+	})
+	n.checkDelivered(peer, y)
+	e := n.entries("peer-b", false)[x.hash]
+	if !strings.Contains(e.LastError, "451") {
+		t.Errorf("entry last_error %q, want the 451", e.LastError)
+	}
+	// retry_min 1h with ±20% jitter.
+	if min := time.Now().Add(45 * time.Minute); e.NextAttempt.Before(min) {
+		t.Errorf("next attempt %s, want backoff of about retry_min (after %s)", e.NextAttempt, min)
+	}
+	// One deferral is the message's, not the peer's: the connection stays
+	// up, with nothing due.
+	s := f.waitState("peer-b", forwarder.StateUp)
+	if s.Failed != 1 || !strings.Contains(s.LastError, "451") || s.QueueDepth != 1 {
+		t.Errorf("status %+v, want one failure with the 451 and x queued", s)
+	}
+
+	accept.Store(true)
+	if _, err := n.q.Retry(context.Background(), "peer-b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Kick("peer-b"); err != nil {
+		t.Fatal(err)
+	}
+	f.waitDrained("peer-b")
+	n.checkDelivered(peer, x, y)
+}
+
+func TestPeerDeferringEverythingGoesDownWithoutDeadLetters(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, "a")
+	peer := testutil.StartFakePeer(t, "b")
+	var accept atomic.Bool
+	peer.SetBehaviour(func(c testutil.Call) testutil.Action {
+		if c.Step == testutil.StepRcpt && !accept.Load() {
+			return testutil.Action{Reply: reply451}
+		}
+		return testutil.Action{}
+	})
+	ms := n.messages(5)
+	n.put([]string{"peer-b"}, ms...)
+	// max_retries 2 and a short backoff: a peer-wide deferral that kept
+	// costing attempts would dead-letter mail within a few probe cycles.
+	f := n.start(conn("peer-b", peer.Addr(), func(c *config.Connection) {
+		c.MaxRetries = 2
+		c.Concurrency = 1
+	}))
+	s := f.waitDown("peer-b")
+	if !strings.Contains(s.LastError, "defers every message") {
+		t.Errorf("last_error %q, want the peer-wide deferral", s.LastError)
+	}
+	// Let it probe, come back and be deferred again several times.
+	testutil.WaitFor(t, wait, "several rounds of deferrals", func() bool { return peer.Mails() >= 12 })
+	if st := n.q.Stats("peer-b"); st.Dead != 0 || st.Depth != 5 {
+		t.Fatalf("queue %+v after a peer-wide deferral, want all 5 queued and no dead letter", st)
+	}
+
+	accept.Store(true)
+	f.waitDrained("peer-b")
+	n.checkDelivered(peer, ms...)
+}
+
+func TestRejectedMessageIsDeadLetteredThenRetried(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, "a")
+	peer := testutil.StartFakePeer(t, "b")
+	ms := n.messages(3)
+	x := ms[0]
+	var accept atomic.Bool
+	peer.SetBehaviour(forRcpt(x.rcpt, testutil.StepData, func() testutil.Action {
+		if accept.Load() {
+			return testutil.Action{}
+		}
+		return testutil.Action{Reply: reply554}
+	}))
+	n.put([]string{"peer-b"}, ms...)
+	f := n.start(conn("peer-b", peer.Addr(), func(c *config.Connection) { c.MaxRetries = 2 }))
+
+	testutil.WaitFor(t, wait, "x dead-lettered", func() bool { return n.q.Stats("peer-b").Dead == 1 })
+	s := f.waitDrained("peer-b")
+	dead := n.entries("peer-b", true)
+	e, ok := dead[x.hash]
+	if len(dead) != 1 || !ok || e.Attempts != 2 || !strings.Contains(e.LastError, "554") {
+		t.Fatalf("dead letters %+v, want x after 2 attempts with the 554", dead)
+	}
+	if s.DeadLetters != 1 || s.Delivered != 2 {
+		t.Errorf("status %+v, want 1 dead letter and 2 delivered", s)
+	}
+	rejected := 0
+	for _, r := range peer.Received() {
+		if r.Outcome == testutil.Rejected {
+			rejected++
+		}
+	}
+	if rejected != 2 {
+		t.Errorf("peer rejected x %d times, want 2 (max_retries)", rejected)
+	}
+
+	accept.Store(true)
+	if n, err := n.q.Retry(context.Background(), "peer-b"); err != nil || n != 1 {
+		t.Fatalf("Retry: %d, %v", n, err)
+	}
+	if err := f.Kick("peer-b"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, wait, "x delivered after retry", func() bool {
+		st := n.q.Stats("peer-b")
+		return st.Depth == 0 && st.Dead == 0 && len(peer.Accepted()) == 3
+	})
+	n.checkDelivered(peer, ms...)
+}
+
+func TestMaxRetriesZeroNeverDeadLetters(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, "a")
+	peer := testutil.StartFakePeer(t, "b")
+	ms := n.messages(1)
+	peer.SetBehaviour(func(c testutil.Call) testutil.Action {
+		if c.Step == testutil.StepData {
+			return testutil.Action{Reply: reply554}
+		}
+		return testutil.Action{}
+	})
+	n.put([]string{"peer-b"}, ms...)
+	n.start(conn("peer-b", peer.Addr(), func(c *config.Connection) {
+		c.MaxRetries = 0
+		c.RetryMin, c.RetryMax = 5*time.Millisecond, 10*time.Millisecond
+	}))
+	testutil.WaitFor(t, wait, "six refused attempts", func() bool { return n.entries("peer-b", false)[ms[0].hash].Attempts >= 6 })
+	if st := n.q.Stats("peer-b"); st.Dead != 0 || st.Depth != 1 {
+		t.Fatalf("queue %+v, want the message still queued, never dead", st)
+	}
+}
+
+func TestSelfLoopIsRefused(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, "a")
+	peer := testutil.StartFakePeer(t, "a") // greets as this node
+	n.put([]string{"peer-b"}, n.messages(3)...)
+	f := n.start(conn("peer-b", peer.Addr(), nil))
+	s := f.waitDown("peer-b")
+	if !strings.Contains(s.LastError, "self-loop") {
+		t.Errorf("last_error %q, want it to name the self-loop", s.LastError)
+	}
+	d := n.dials.Load()
+	testutil.WaitFor(t, wait, "two more probes", func() bool { return n.dials.Load() >= d+2 })
+	if got := peer.Mails(); got != 0 {
+		t.Errorf("%d transactions started with a peer that is this node", got)
+	}
+	if s := f.status("peer-b"); s.State != forwarder.StateDown || s.QueueDepth != 3 || s.PeerNode != "" {
+		t.Errorf("status %+v, want down, 3 queued, no peer node learned", s)
+	}
+	if got := n.q.PeerNode("peer-b"); got != "" {
+		t.Errorf("persisted peer node %q after a self-loop", got)
+	}
+}
+
+func TestPeerNode(t *testing.T) {
+	t.Parallel()
+	t.Run("configured and mismatched", func(t *testing.T) {
+		t.Parallel()
+		n := newNode(t, "a")
+		peer := testutil.StartFakePeer(t, "c")
+		ms := n.messages(2)
+		n.put([]string{"peer-b"}, ms...)
+		f := n.start(conn("peer-b", peer.Addr(), func(c *config.Connection) { c.PeerNode = "b" }))
+		s := f.waitDown("peer-b")
+		if !strings.Contains(s.LastError, "peer_node") || !strings.Contains(s.LastError, `"c"`) {
+			t.Errorf("last_error %q, want the peer_node mismatch", s.LastError)
+		}
+		d := n.dials.Load()
+		testutil.WaitFor(t, wait, "two more probes", func() bool { return n.dials.Load() >= d+2 })
+		if peer.Mails() != 0 {
+			t.Errorf("sent to a peer that is not peer_node")
+		}
+		if got := n.q.PeerNode("peer-b"); got != "" {
+			t.Errorf("persisted peer node %q from a refused peer", got)
+		}
+		// The right node answers at that address now.
+		peer.Down()
+		peer.SetNode("b")
+		peer.Up()
+		f.waitDrained("peer-b")
+		n.checkDelivered(peer, ms...)
+	})
+	t.Run("learned and persisted", func(t *testing.T) {
+		t.Parallel()
+		n := newNode(t, "a")
+		peer := testutil.StartFakePeer(t, "b")
+		ms := n.messages(1)
+		n.put([]string{"peer-b"}, ms...)
+		cfg := conn("peer-b", peer.Addr(), nil)
+		f := n.start(cfg)
+		s := f.waitDrained("peer-b")
+		if s.PeerNode != "b" || f.PeerNode("peer-b") != "b" || n.q.PeerNode("peer-b") != "b" {
+			t.Errorf("peer node: status %q, Forwarder %q, persisted %q; want b", s.PeerNode, f.PeerNode("peer-b"), n.q.PeerNode("peer-b"))
+		}
+		// A forwarder started later knows it before any session.
+		later := forwarder.New([]config.Connection{cfg}, n.deps(nil, nil))
+		if got := later.PeerNode("peer-b"); got != "b" {
+			t.Errorf("peer node after a restart %q, want b", got)
+		}
+	})
+}
+
+func TestMessageWhoseTraceNamesThePeerIsNotSent(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, "a")
+	peer := testutil.StartFakePeer(t, "b")
+	ms := n.messages(3)
+	loop := ms[1].viaNode("b") // reached us from b: sending it back would loop
+	n.put([]string{"peer-b"}, ms...)
+	f := n.start(conn("peer-b", peer.Addr(), nil))
+	f.waitDrained("peer-b")
+	n.checkDelivered(peer, ms[0], ms[2])
+	for _, r := range peer.Received() {
+		if slices.Contains(r.To, loop.rcpt) {
+			t.Fatalf("the looping message was sent: %+v", r)
+		}
+	}
+	if got := peer.Mails(); got != 2 {
+		t.Errorf("%d transactions, want 2", got)
+	}
+}
+
+func TestSlowPeer(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, "a")
+	peer := testutil.StartFakePeer(t, "b")
+	peer.SetBehaviour(func(c testutil.Call) testutil.Action {
+		if c.Step == testutil.StepMail || c.Step == testutil.StepData {
+			return testutil.Action{Delay: 150 * time.Millisecond}
+		}
+		return testutil.Action{}
+	})
+	ms := n.messages(6)
+	n.put([]string{"peer-b"}, ms...)
+	f := n.start(conn("peer-b", peer.Addr(), func(c *config.Connection) { c.Concurrency = 2 }))
+	s := f.waitDrained("peer-b")
+	n.checkDelivered(peer, ms...)
+	if len(peer.Received()) != 6 || s.Failed != 0 {
+		t.Errorf("peer saw %d DATA, status %+v; want 6 and no failure", len(peer.Received()), s)
+	}
+}
+
+func TestPauseAndResume(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, "a")
+	peer := testutil.StartFakePeer(t, "b")
+	hold := make(chan struct{})
+	inData := make(chan struct{})
+	var once sync.Once
+	peer.SetBehaviour(func(c testutil.Call) testutil.Action {
+		if c.Step == testutil.StepData {
+			first := false
+			once.Do(func() { first = true; close(inData) })
+			if first {
+				return testutil.Action{Hold: hold}
+			}
+		}
+		return testutil.Action{}
+	})
+	ms := n.messages(5)
+	n.put([]string{"peer-b"}, ms...)
+	f := n.start(conn("peer-b", peer.Addr(), func(c *config.Connection) { c.Concurrency = 1 }))
+
+	// Pause while the first message is in flight: it completes, and no
+	// other transaction starts.
+	<-inData
+	if err := f.Pause("peer-b"); err != nil {
+		t.Fatal(err)
+	}
+	close(hold)
+	s := f.waitState("peer-b", forwarder.StatePaused)
+	if got := peer.Mails(); got != 1 || len(peer.Accepted()) != 1 || s.QueueDepth != 4 {
+		t.Fatalf("after pause: %d transactions, %d accepted, %d queued; want 1, 1, 4", got, len(peer.Accepted()), s.QueueDepth)
+	}
+	// While paused the queue keeps filling.
+	more := n.messages(2)
+	n.put([]string{"peer-b"}, more...)
+	if err := f.Kick("peer-b"); err != nil {
+		t.Fatal(err)
+	}
+	if s := f.status("peer-b"); s.State != forwarder.StatePaused || s.QueueDepth != 6 {
+		t.Fatalf("status %+v, want paused with 6 queued", s)
+	}
+
+	if err := f.Resume("peer-b"); err != nil {
+		t.Fatal(err)
+	}
+	f.waitDrained("peer-b")
+	n.checkDelivered(peer, append(ms, more...)...)
+}
+
+func TestSetConnectionsLive(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, "a")
+	peerB := testutil.StartFakePeer(t, "b")
+	peerC := testutil.StartFakePeer(t, "c")
+	cb := conn("peer-b", peerB.Addr(), nil)
+	cc := conn("peer-c", peerC.Addr(), nil)
+	first := n.messages(3)
+	n.put([]string{"peer-b"}, first...)
+	f := n.start(cb)
+	f.waitDrained("peer-b")
+
+	// Add a connection.
+	f.SetConnections([]config.Connection{cb, cc})
+	second := n.messages(3)
+	n.put([]string{"peer-b", "peer-c"}, second...)
+	f.waitDrained("peer-b")
+	f.waitDrained("peer-c")
+	n.checkDelivered(peerC, second...)
+	n.checkDelivered(peerB, append(first, second...)...)
+
+	// Remove one: its worker stops, its sessions close, its queue stays.
+	f.SetConnections([]config.Connection{cc})
+	if st := f.Status(); len(st) != 1 || st[0].Name != "peer-c" {
+		t.Fatalf("status after removing peer-b: %+v", st)
+	}
+	testutil.WaitFor(t, wait, "peer-b's sessions closed", func() bool { return peerB.Open() == 0 })
+	third := n.messages(3)
+	n.put([]string{"peer-b", "peer-c"}, third...)
+	f.waitDrained("peer-c")
+	n.checkDelivered(peerC, append(second, third...)...)
+	if got := len(peerB.Accepted()); got != 6 {
+		t.Errorf("removed connection still sends: peer-b accepted %d, want 6", got)
+	}
+	if st := n.q.Stats("peer-b"); st.Depth != 3 {
+		t.Errorf("removed connection's queue %+v, want its 3 entries kept", st)
+	}
+	if err := f.Kick("peer-b"); err == nil {
+		t.Error("Kick of a removed connection succeeded")
+	}
+
+	// Add it back: its queue is delivered.
+	f.SetConnections([]config.Connection{cb, cc})
+	f.waitDrained("peer-b")
+	n.checkDelivered(peerB, append(append(first, second...), third...)...)
+
+	// Change one: it restarts with the new settings.
+	cc.Concurrency = 1
+	f.SetConnections([]config.Connection{cb, cc})
+	if s := f.status("peer-c"); s.Concurrency != 1 {
+		t.Errorf("peer-c after a change: %+v, want concurrency 1", s)
+	}
+	fourth := n.messages(2)
+	n.put([]string{"peer-c"}, fourth...)
+	f.waitDrained("peer-c")
+	n.checkDelivered(peerC, append(append(second, third...), fourth...)...)
+}
+
+// Not parallel: it counts goroutines.
+func TestShutdownIsPromptAndLeavesNoGoroutine(t *testing.T) {
+	checkNoLeaks(t)
+	n := newNode(t, "a")
+	peer := testutil.StartFakePeer(t, "b")
+	// The peer holds every reply until it stops: a hung peer.
+	hold := make(chan struct{})
+	t.Cleanup(func() { close(hold) })
+	peer.SetBehaviour(func(c testutil.Call) testutil.Action {
+		if c.Step == testutil.StepData {
+			return testutil.Action{Hold: hold}
+		}
+		return testutil.Action{}
+	})
+	n.put([]string{"peer-b", "peer-c"}, n.messages(10)...)
+	down := testutil.StartFakePeer(t, "c")
+	down.Down()
+	f := n.start(
+		conn("peer-b", peer.Addr(), func(c *config.Connection) { c.Concurrency = 3; c.Timeout = time.Minute }),
+		conn("peer-c", down.Addr(), nil),
+	)
+	testutil.WaitFor(t, wait, "three messages in flight", func() bool { return peer.Mails() == 3 })
+	f.waitDown("peer-c")
+
+	// stop's bound (wait) is well below what a held DATA reply takes to
+	// time out (twice the one-minute timeout): shutdown does not wait
+	// for a hung peer.
+	f.stop(t)
+	if st := n.q.Stats("peer-b"); st.Depth != 10 {
+		t.Errorf("queue %+v after shutdown, want the 10 entries kept (none was acknowledged)", st)
+	}
+}
+
+// staleDue runs Due as the forwarder's feeder does, but lets a worker finish
+// its message while Due's read transaction is open: the moment an entry is
+// acknowledged and no longer in flight, after the snapshot it is read from
+// was taken.
+type staleDue struct {
+	*queue.Store
+	provoked atomic.Bool
+}
+
+func (s *staleDue) Due(conn string, now time.Time, max int, busy func(uint64) bool) ([]queue.Entry, error) {
+	return s.Store.Due(conn, now, max, func(seq uint64) bool {
+		if busy(seq) && s.provoked.CompareAndSwap(false, true) {
+			deadline := time.Now().Add(time.Second)
+			for busy(seq) && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+		}
+		return busy(seq)
+	})
+}
+
+func TestEntryFinishedDuringDueIsNotSentAgain(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, "a")
+	peer := testutil.StartFakePeer(t, "b")
+	ms := n.messages(8)
+	n.put([]string{"peer-b"}, ms...)
+	q := &staleDue{Store: n.q}
+	f := n.startWith(n.deps(q, nil), conn("peer-b", peer.Addr(), func(c *config.Connection) { c.Concurrency = 1 }))
+	f.waitDrained("peer-b")
+	if !q.provoked.Load() {
+		t.Fatal("the race was not provoked")
+	}
+	n.checkDelivered(peer, ms...)
+}
+
+// brokenRaw is an archive whose bytes cannot be read for one message.
+type brokenRaw struct {
+	forwarder.Archive
+	id     string
+	broken atomic.Bool
+}
+
+func (b *brokenRaw) OpenRaw(ctx context.Context, id string) (io.ReadCloser, int64, error) {
+	if id == b.id && b.broken.Load() {
+		return nil, 0, errors.New("disk read error")
+	}
+	return b.Archive.OpenRaw(ctx, id)
+}
+
+func TestUnreadableMessageIsNeverSentEmpty(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, "a")
+	peer := testutil.StartFakePeer(t, "b")
+	ms := n.messages(3)
+	x := ms[1]
+	arch := &brokenRaw{Archive: n.arch, id: x.hash.String()}
+	arch.broken.Store(true)
+	n.put([]string{"peer-b"}, ms...)
+	f := n.startWith(n.deps(nil, arch), conn("peer-b", peer.Addr(), func(c *config.Connection) {
+		c.RetryMin, c.RetryMax = time.Hour, 2*time.Hour
+	}))
+	testutil.WaitFor(t, wait, "x's failed attempt", func() bool { return n.entries("peer-b", false)[x.hash].Attempts == 1 })
+	// A local fault is the message's failed attempt, not the peer's: the
+	// others go through and the connection stays up.
+	s := f.waitState("peer-b", forwarder.StateUp)
+	n.checkDelivered(peer, ms[0], ms[2])
+	if e := n.entries("peer-b", false)[x.hash]; !strings.Contains(e.LastError, "disk read error") {
+		t.Errorf("x's last_error %q, want the read error", e.LastError)
+	}
+	if s.QueueDepth != 1 {
+		t.Errorf("status %+v, want x still queued", s)
+	}
+	for _, r := range peer.Received() {
+		if slices.Contains(r.To, x.rcpt) {
+			t.Fatalf("the peer got a transaction for the unreadable message: %+v", r)
+		}
+	}
+
+	arch.broken.Store(false)
+	if _, err := n.q.Retry(context.Background(), "peer-b"); err != nil {
+		t.Fatal(err)
+	}
+	f.waitDrained("peer-b")
+	n.checkDelivered(peer, ms...)
+}
+
+func TestPurgeDuringDeliveryLosesNoLaterMessage(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, "a")
+	peer := testutil.StartFakePeer(t, "b")
+	hold := make(chan struct{})
+	inData := make(chan struct{})
+	var once sync.Once
+	peer.SetBehaviour(func(c testutil.Call) testutil.Action {
+		if c.Step == testutil.StepData {
+			first := false
+			once.Do(func() { first = true; close(inData) })
+			if first {
+				return testutil.Action{Hold: hold}
+			}
+		}
+		return testutil.Action{}
+	})
+	old := n.messages(3)
+	n.put([]string{"peer-b"}, old...)
+	f := n.start(conn("peer-b", peer.Addr(), func(c *config.Connection) { c.Concurrency = 1 }))
+	<-inData // old[0] is in flight
+
+	// The operator purges; new mail arrives; then the peer answers the
+	// message in flight, whose entry the purge dropped.
+	if dropped, err := n.q.Purge(context.Background(), "peer-b"); err != nil || dropped != 3 {
+		t.Fatalf("Purge: %d, %v", dropped, err)
+	}
+	later := n.messages(3)
+	n.put([]string{"peer-b"}, later...)
+	close(hold)
+
+	// The purged entries the forwarder had already taken may still go
+	// out (the peer deduplicates); what matters is that the ack of the
+	// one in flight does not remove a later entry.
+	f.waitDrained("peer-b")
+	n.checkDelivered(peer, append([]*msg{old[0]}, later...)...)
+	if st := n.q.Stats("peer-b"); st.Depth != 0 || st.Dead != 0 {
+		t.Errorf("queue %+v", st)
+	}
+}
