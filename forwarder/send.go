@@ -203,11 +203,12 @@ func (c *conn) send(ctx context.Context, s *session, e queue.Entry) error {
 			if errors.As(err, &se) {
 				// A refused transaction leaves the session usable after RSET.
 				if rerr := s.c.Reset(); rerr != nil {
-					return errConnection{rerr}
+					return errConnection{fmt.Errorf("reset after %s refused by %s: %w", e.Hash.Short(), c.cfg.Address, rerr)}
 				}
 				return c.outcome(ctx, e, err)
 			}
-			return errConnection{err}
+			// Say what failed: go-smtp's errors are bare ("EOF").
+			return errConnection{fmt.Errorf("send %s to %s: %w", e.Hash.Short(), c.cfg.Address, err)}
 		}
 		rcpts = rcpts[n:]
 	}
