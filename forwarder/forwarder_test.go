@@ -2,6 +2,7 @@ package forwarder_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"io"
 	"slices"
@@ -127,6 +128,9 @@ func TestPeerHangingUpDuringDataLosesNothing(t *testing.T) {
 			n.checkDelivered(peer, ms...)
 			if s.DeadLetters != 0 || s.Delivered != 10 {
 				t.Errorf("status %+v, want 10 delivered, no dead letter", s)
+			}
+			if !strings.HasPrefix(s.LastError, "send ") || !strings.Contains(s.LastError, peer.Addr()) {
+				t.Errorf("last_error %q, want it to say what failed, and where", s.LastError)
 			}
 			hung := 0
 			for _, r := range peer.Received() {
@@ -676,4 +680,74 @@ func TestPurgeDuringDeliveryLosesNoLaterMessage(t *testing.T) {
 	if st := n.q.Stats("peer-b"); st.Depth != 0 || st.Dead != 0 {
 		t.Errorf("queue %+v", st)
 	}
+}
+
+func TestRecipientsPastThePeersLimitGoInSeveralTransactions(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, "a")
+	peer := testutil.StartFakePeer(t, "b")
+	peer.SetMaxRecipients(2)
+	peer.Down()
+	peer.Up()
+	m := n.messages(1)[0]
+	m.more = []string{"x1@example.org", "x2@example.org", "x3@example.org", "x4@example.org"}
+	n.put([]string{"peer-b"}, m)
+	f := n.start(conn("peer-b", peer.Addr(), nil))
+	f.waitDrained("peer-b")
+	acc := peer.Accepted()
+	var to []string
+	for _, r := range acc {
+		if len(r.To) > 2 {
+			t.Errorf("a transaction with %d recipients, past RCPTMAX=2: %v", len(r.To), r.To)
+		}
+		to = append(to, r.To...)
+		if _, body := splitTrace(t, r.Data); string(body) != string(m.raw) {
+			t.Errorf("transaction to %v: bytes differ from the archived ones", r.To)
+		}
+	}
+	want := append([]string{m.rcpt}, m.more...)
+	slices.Sort(to)
+	slices.Sort(want)
+	if len(acc) != 3 || !slices.Equal(to, want) {
+		t.Errorf("%d transactions to %v, want 3 covering %v once each", len(acc), to, want)
+	}
+}
+
+func TestLargeMessageIsSentByteForByte(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, "a")
+	peer := testutil.StartFakePeer(t, "b")
+	m := n.messages(1)[0]
+	// Past several archive chunks, with lines that need dot-stuffing on
+	// the wire everywhere, chunk boundaries included.
+	var body strings.Builder
+	for i := 0; body.Len() < 1<<20+1000; i++ {
+		body.WriteString(".")
+		body.WriteString(strings.Repeat("x", i%97))
+		body.WriteString("\r\n")
+	}
+	body.WriteString(".\r\n")
+	m.raw = append(m.raw, body.String()...)
+	m.hash = sha256.Sum256(m.raw)
+	n.put([]string{"peer-b"}, m)
+	f := n.start(conn("peer-b", peer.Addr(), nil))
+	f.waitDrained("peer-b")
+	n.checkDelivered(peer, m)
+}
+
+func TestPeerRestartWhileUpLosesNothing(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, "a")
+	peer := testutil.StartFakePeer(t, "b")
+	first := n.messages(4)
+	n.put([]string{"peer-b"}, first...)
+	f := n.start(conn("peer-b", peer.Addr(), func(c *config.Connection) { c.Concurrency = 2 }))
+	f.waitDrained("peer-b")
+	// The workers keep their sessions open; the peer restarts under them.
+	peer.Down()
+	peer.Up()
+	second := n.messages(4)
+	n.put([]string{"peer-b"}, second...)
+	f.waitDrained("peer-b")
+	n.checkDelivered(peer, append(first, second...)...)
 }

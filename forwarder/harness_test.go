@@ -76,6 +76,7 @@ type msg struct {
 	hash  envelope.Hash
 	raw   []byte
 	rcpt  string
+	more  []string // further envelope recipients
 	recv  time.Time
 	trace envelope.Trace
 }
@@ -110,7 +111,7 @@ func (n *node) put(conns []string, ms ...*msg) {
 			it := &archive.Item{
 				Hash:     m.hash,
 				Body:     envelope.BodyFromBytes(m.raw),
-				Envelope: envelope.Envelope{MailFrom: "s@example.org", RcptTo: []string{m.rcpt}},
+				Envelope: envelope.Envelope{MailFrom: "s@example.org", RcptTo: append([]string{m.rcpt}, m.more...)},
 				Receipt:  envelope.Receipt{Node: n.id, Listener: "journal", Received: m.recv},
 				Trace:    m.trace,
 			}

@@ -31,6 +31,7 @@ type FakePeer struct {
 
 	mu        sync.Mutex
 	node      string
+	maxRcpt   int
 	behave    Behaviour
 	srv       *smtp.Server
 	ln        net.Listener
@@ -122,6 +123,14 @@ func (p *FakePeer) SetNode(node string) {
 	p.mu.Unlock()
 }
 
+// SetMaxRecipients makes the peer refuse recipients past n per
+// transaction and advertise LIMITS RCPTMAX=n (RFC 9422), from the next Up.
+func (p *FakePeer) SetMaxRecipients(n int) {
+	p.mu.Lock()
+	p.maxRcpt = n
+	p.mu.Unlock()
+}
+
 // SetBehaviour replaces the behaviour; nil accepts everything.
 func (p *FakePeer) SetBehaviour(b Behaviour) {
 	p.mu.Lock()
@@ -136,6 +145,7 @@ func (p *FakePeer) serve(ln net.Listener) {
 	// go-smtp reads Domain for every greeting: a new server per Up keeps
 	// SetNode free of data races.
 	srv.Domain = p.node
+	srv.MaxRecipients = p.maxRcpt
 	srv.ReadTimeout = time.Minute
 	srv.WriteTimeout = time.Minute
 	srv.ErrorLog = log.New(io.Discard, "", 0)
