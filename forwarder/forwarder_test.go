@@ -382,8 +382,11 @@ func TestMessageWhoseTraceNamesThePeerIsNotSent(t *testing.T) {
 	loop := ms[1].viaNode("b") // reached us from b: sending it back would loop
 	n.put([]string{"peer-b"}, ms...)
 	f := n.start(conn("peer-b", peer.Addr(), nil))
-	f.waitDrained("peer-b")
+	s := f.waitDrained("peer-b")
 	n.checkDelivered(peer, ms[0], ms[2])
+	if s.Delivered != 2 {
+		t.Errorf("%d delivered, want 2: the looping message was not delivered", s.Delivered)
+	}
 	for _, r := range peer.Received() {
 		if slices.Contains(r.To, loop.rcpt) {
 			t.Fatalf("the looping message was sent: %+v", r)

@@ -185,7 +185,9 @@ func (c *conn) send(ctx context.Context, s *session, e queue.Entry) error {
 	if s.peer != "" && meta.Trace.Has(s.peer) {
 		c.log.WithFields(logrus.Fields{"msg": e.Hash.Short(), "peer_node": s.peer}).Info("loop detected: peer already on the message's path; dropping queue entry")
 		c.f.deps.Metrics.forwarded(c.cfg.Name, "loop")
-		if err := q.Ack(context.WithoutCancel(ctx), c.cfg.Name, e.Seq); err != nil {
+		// Dropped, not acked: the peer never got it, and delivered must
+		// not say otherwise.
+		if err := q.Drop(context.WithoutCancel(ctx), c.cfg.Name, e.Seq); err != nil {
 			return errConnection{err}
 		}
 		return nil

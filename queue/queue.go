@@ -216,6 +216,16 @@ func (s *Store) NextAttempt(conn string) time.Time {
 
 // Ack removes a delivered entry.
 func (s *Store) Ack(ctx context.Context, conn string, seq uint64) error {
+	return s.remove(ctx, conn, seq, true)
+}
+
+// Drop removes an entry that must not be sent (the peer is already on
+// its path: a loop). Unlike Ack it does not count it delivered.
+func (s *Store) Drop(ctx context.Context, conn string, seq uint64) error {
+	return s.remove(ctx, conn, seq, false)
+}
+
+func (s *Store) remove(ctx context.Context, conn string, seq uint64, delivered bool) error {
 	return s.db.Update(ctx, func(tx *bolt.Tx) error {
 		b, err := buckets(tx, conn, true)
 		if err != nil {
@@ -237,6 +247,9 @@ func (s *Store) Ack(ctx context.Context, conn string, seq uint64) error {
 		}
 		if err := addCounter(b.meta, keyDepth, -1); err != nil {
 			return err
+		}
+		if !delivered {
+			return nil
 		}
 		return addCounter(b.meta, keyDelivered, 1)
 	})
