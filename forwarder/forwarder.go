@@ -85,11 +85,20 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	}
 	f.mu.Unlock()
 	<-ctx.Done()
+	// Once this passes the lock, start (always called under it) sees ctx
+	// ended and starts nothing: no wg.Add can race the Wait, and no
+	// connection a SetConnections adds meanwhile outlives Run.
+	f.mu.Lock()
+	f.mu.Unlock()
 	f.wg.Wait()
 	return nil
 }
 
+// start runs c's loop; f.mu is held.
 func (f *Forwarder) start(c *conn) {
+	if f.ctx.Err() != nil {
+		return // Run is ending
+	}
 	cctx, cancel := context.WithCancel(f.ctx)
 	c.cancel = cancel
 	f.wg.Add(1)

@@ -754,3 +754,23 @@ func TestPeerRestartWhileUpLosesNothing(t *testing.T) {
 	f.waitDrained("peer-b")
 	n.checkDelivered(peer, append(first, second...)...)
 }
+
+// SetConnections racing the end of Run must neither start a goroutine Run
+// does not wait for nor race its WaitGroup (the race detector sees it).
+func TestSetConnectionsRacingShutdown(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, "a")
+	addr := testutil.FreeAddr(t, "127.0.0.1") // nobody listens: down
+	for range 10 {
+		one := conn("one", addr, nil)
+		f := n.start(one)
+		f.waitDown("one")
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			f.SetConnections([]config.Connection{one, conn("two", addr, nil)})
+		}()
+		f.stop(t)
+		<-done
+	}
+}
