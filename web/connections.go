@@ -24,7 +24,14 @@ type Connections interface {
 
 // ConnectionList is the answer of GET /api/v1/connections.
 type ConnectionList struct {
-	Connections []forwarder.Status `json:"connections"`
+	Connections []ConnectionView `json:"connections"`
+}
+
+// ConnectionView is a connection's forwarding status and, when the node
+// has a live configuration, its configuration as the file spells it.
+type ConnectionView struct {
+	forwarder.Status
+	Config map[string]any `json:"config,omitempty"`
 }
 
 // QueueList is the answer of GET /api/v1/connections/{name}/queue.
@@ -42,19 +49,31 @@ type ActionResult struct {
 }
 
 func (s *Server) connections() (ConnectionList, error) {
+	list := ConnectionList{Connections: []ConnectionView{}}
 	if s.opts.Connections == nil {
-		return ConnectionList{Connections: []forwarder.Status{}}, nil
+		return list, nil
 	}
-	return ConnectionList{Connections: s.opts.Connections.Status()}, nil
+	for _, st := range s.opts.Connections.Status() {
+		list.Connections = append(list.Connections, s.view(st))
+	}
+	return list, nil
 }
 
-func (s *Server) connection(name string) (forwarder.Status, error) {
+func (s *Server) view(st forwarder.Status) ConnectionView {
+	v := ConnectionView{Status: st}
+	if s.opts.Config != nil {
+		v.Config, _ = s.opts.Config.Get("connections", st.Name)
+	}
+	return v
+}
+
+func (s *Server) connection(name string) (ConnectionView, error) {
 	if s.opts.Connections != nil {
 		if st, ok := s.opts.Connections.StatusOf(name); ok {
-			return st, nil
+			return s.view(st), nil
 		}
 	}
-	return forwarder.Status{}, &Error{Status: http.StatusNotFound, Param: "name", Msg: "no such connection"}
+	return ConnectionView{}, &Error{Status: http.StatusNotFound, Param: "name", Msg: "no such connection"}
 }
 
 func (s *Server) connectionAction(ctx context.Context, name, action string) (ActionResult, error) {

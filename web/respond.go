@@ -18,6 +18,8 @@ type Error struct {
 	Msg    string
 	// Param names the query parameter or path segment at fault.
 	Param string
+	// Fields names each faulty key of a configuration change.
+	Fields map[string]string
 }
 
 func (e *Error) Error() string {
@@ -34,9 +36,10 @@ func badParam(param, msg string) *Error {
 
 // errorBody is the JSON of every error answer.
 type errorBody struct {
-	Error string `json:"error"`
-	Param string `json:"param,omitempty"`
-	Ref   string `json:"ref,omitempty"`
+	Error  string            `json:"error"`
+	Param  string            `json:"param,omitempty"`
+	Fields map[string]string `json:"fields,omitempty"`
+	Ref    string            `json:"ref,omitempty"`
 }
 
 // writeError answers err as JSON. An *Error keeps its status and text;
@@ -45,7 +48,7 @@ type errorBody struct {
 func writeError(w http.ResponseWriter, r *http.Request, log *logrus.Entry, err error) {
 	var e *Error
 	if errors.As(err, &e) {
-		writeJSON(w, e.Status, errorBody{Error: e.Error(), Param: e.Param})
+		writeJSON(w, e.Status, errorBody{Error: e.Error(), Param: e.Param, Fields: e.Fields})
 		return
 	}
 	if r.Context().Err() != nil {

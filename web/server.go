@@ -64,6 +64,10 @@ type Options struct {
 	Archive Archive
 	// Connections are the forwarder's; nil lists none.
 	Connections Connections
+	// Config is the live configuration; nil turns its endpoints off.
+	Config RuntimeConfig
+	// ListenerStates reports each listener's state by name.
+	ListenerStates func() map[string]ListenerState
 	// Health runs the node's health checks for /healthz; nil means none
 	// (the node is healthy when it can answer).
 	Health func(ctx context.Context) []Check
@@ -199,6 +203,18 @@ func (s *Server) routes() {
 	s.handle("GET", "/api/v1/archive/digest", accessAPI, s.handleDigest)
 	s.handle("GET", "/api/v1/connections", accessAPI, s.handleConnections)
 	s.handle("GET", "/api/v1/connections/{name}", accessAPI, s.handleConnection)
+	s.handle("POST", "/api/v1/connections", accessAPI, s.handleConfigWrite("connections", true))
+	s.handle("PUT", "/api/v1/connections/{name}", accessAPI, s.handleConfigWrite("connections", false))
+	s.handle("DELETE", "/api/v1/connections/{name}", accessAPI, s.handleConfigDelete("connections"))
+	for _, kind := range []string{"listeners", "routes"} {
+		s.handle("GET", "/api/v1/"+kind, accessAPI, s.handleConfigList(kind))
+		s.handle("POST", "/api/v1/"+kind, accessAPI, s.handleConfigWrite(kind, true))
+		s.handle("GET", "/api/v1/"+kind+"/{name}", accessAPI, s.handleConfigGet(kind))
+		s.handle("PUT", "/api/v1/"+kind+"/{name}", accessAPI, s.handleConfigWrite(kind, false))
+		s.handle("DELETE", "/api/v1/"+kind+"/{name}", accessAPI, s.handleConfigDelete(kind))
+	}
+	s.handle("GET", "/api/v1/config", accessAPI, s.handleConfigYAML)
+	s.handle("GET", "/api/v1/audit", accessAPI, s.handleAudit)
 	s.handle("GET", "/api/v1/connections/{name}/queue", accessAPI, s.handleQueue)
 	for _, action := range []string{"retry", "purge", "pause", "resume"} {
 		s.handle("POST", "/api/v1/connections/{name}/"+action, accessAPI, s.handleConnectionAction(action))

@@ -21,6 +21,7 @@ import (
 	"chainmail/archive"
 	"chainmail/forwarder"
 	"chainmail/internal/config"
+	"chainmail/internal/liveconfig"
 	"chainmail/internal/store"
 	"chainmail/listener"
 	"chainmail/queue"
@@ -32,6 +33,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	file := fs.String("c", "", "configuration file (default: the embedded single-node default)")
+	reset := fs.Bool("reset-runtime-config", false, "drop the listeners, routes and connections changed live (kept in the data store) and use the file's")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: chainmail serve [-c chainmail.yaml]\n\nRuns a node. With no -c it runs the embedded default: listener \"journal\" on\n127.0.0.1:2525 archiving everything, data in ./chainmail-data, console and API\non 127.0.0.1:8090.\n\n")
 		fs.PrintDefaults()
@@ -51,7 +53,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 1
 	}
 	defer stopProfile()
-	n, err := startNode(cfg, log, stdout)
+	n, err := startNode(cfg, log, stdout, *reset)
 	if err != nil {
 		log.WithError(err).Error("node failed to start")
 		return 1
@@ -82,19 +84,26 @@ func newLogger(c config.Log, out io.Writer) *logrus.Entry {
 
 // node is one running chainmail node: its store, listeners and API.
 type node struct {
-	cfg       *config.Node
+	cfg       *config.Node // as started; live changes are in live
+	live      *liveconfig.Manager
 	log       *logrus.Entry
 	db        *store.DB
 	archive   *archive.Store
 	router    *route.Router
 	queue     *queue.Store
 	forwarder *forwarder.Forwarder
-	listeners []*listener.Listener
 	web       *web.Server
 	webLn     net.Listener
+
+	ldeps     listener.Deps
+	mu        sync.Mutex // guards listeners and lctx
+	listeners map[string]*runningListener
+	lctx      context.Context
+	lwg       sync.WaitGroup
+	lerr      chan error
 }
 
-func startNode(cfg *config.Node, log *logrus.Entry, stdout io.Writer) (n *node, err error) {
+func startNode(cfg *config.Node, log *logrus.Entry, stdout io.Writer, resetRuntime bool) (n *node, err error) {
 	log = log.WithField("node", cfg.Node)
 	spool := filepath.Join(cfg.DataDir, "spool")
 	if err := os.MkdirAll(spool, 0o750); err != nil {
@@ -110,7 +119,7 @@ func startNode(cfg *config.Node, log *logrus.Entry, stdout io.Writer) (n *node, 
 	if err != nil {
 		return nil, err
 	}
-	n = &node{cfg: cfg, log: log, db: db}
+	n = &node{cfg: cfg, log: log, db: db, listeners: map[string]*runningListener{}}
 	defer func() {
 		if err != nil {
 			n.close()
@@ -123,6 +132,19 @@ func startNode(cfg *config.Node, log *logrus.Entry, stdout io.Writer) (n *node, 
 			os.Remove(f)
 		}
 		log.WithField("files", len(left)).Info("removed spool files of sessions interrupted by a crash")
+	}
+	if resetRuntime {
+		if err := liveconfig.Reset(db); err != nil {
+			return nil, err
+		}
+		log.Warn("runtime configuration dropped (--reset-runtime-config): using the file's listeners, routes and connections")
+	}
+	var overridden bool
+	if n.live, cfg, overridden, err = liveconfig.Open(db, cfg); err != nil {
+		return nil, err
+	}
+	if overridden {
+		log.Warn("listeners, routes and connections come from the runtime configuration in the data store (changed live), not from the file; GET /api/v1/config shows them as YAML")
 	}
 	if n.archive, err = archive.Open(db); err != nil {
 		return nil, err
@@ -142,24 +164,22 @@ func startNode(cfg *config.Node, log *logrus.Entry, stdout io.Writer) (n *node, 
 		Metrics: route.NewMetrics(reg),
 		Log:     log.WithField("component", "route"),
 	})
-	lm := listener.NewMetrics(reg)
+	n.ldeps = listener.Deps{
+		Node: cfg.Node, Router: n.router,
+		SpoolDir: spool, SpoolThreshold: int64(cfg.Store.SpoolThreshold),
+		Metrics: listener.NewMetrics(reg), Log: log,
+	}
 	for _, lc := range cfg.Listeners {
 		if lc.Disabled {
 			continue
 		}
-		l, err := listener.New(lc, listener.Deps{
-			Node: cfg.Node, Router: n.router,
-			SpoolDir: spool, SpoolThreshold: int64(cfg.Store.SpoolThreshold),
-			Metrics: lm, Log: log,
-		})
+		rl, err := n.bindListener(lc)
 		if err != nil {
 			return nil, err
 		}
-		if err := l.Listen(); err != nil {
-			return nil, err
-		}
-		n.listeners = append(n.listeners, l)
+		n.listeners[lc.Name] = rl
 	}
+	n.live.SetApplier(n)
 	users, err := web.OpenUsers(db)
 	if err != nil {
 		return nil, err
@@ -171,7 +191,8 @@ func startNode(cfg *config.Node, log *logrus.Entry, stdout io.Writer) (n *node, 
 	started := time.Now()
 	n.web, err = web.New(web.Options{
 		Address: cfg.Web.Address, NodeID: cfg.Node, Version: version, Started: started,
-		Archive: n.archive, Connections: n.forwarder, Health: n.health, Counters: n.counters, Registry: reg,
+		Archive: n.archive, Connections: n.forwarder, Config: n.live, ListenerStates: n.listenerStates,
+		Health: n.health, Counters: n.counters, Registry: reg,
 		APITokens: cfg.Web.APITokens, ReadOnlyTokens: cfg.Web.ReadOnlyTokens, MetricsAuth: cfg.Web.MetricsAuth,
 		Users: users, Log: log.WithField("component", "web"),
 	})
@@ -182,8 +203,10 @@ func startNode(cfg *config.Node, log *logrus.Entry, stdout io.Writer) (n *node, 
 		return nil, fmt.Errorf("web: %w", err)
 	}
 	fmt.Fprintf(stdout, "chainmail %s: node %q, data in %s\n", version, cfg.Node, cfg.DataDir)
-	for _, l := range n.listeners {
-		fmt.Fprintf(stdout, "  SMTP listener %-10s %s\n", l.Name(), l.Addr())
+	for _, lc := range cfg.Listeners {
+		if rl, ok := n.listeners[lc.Name]; ok {
+			fmt.Fprintf(stdout, "  SMTP listener %-10s %s\n", lc.Name, rl.l.Addr())
+		}
 	}
 	fmt.Fprintf(stdout, "  console and API       http://%s/\n", n.webLn.Addr())
 	if created {
@@ -193,45 +216,48 @@ func startNode(cfg *config.Node, log *logrus.Entry, stdout io.Writer) (n *node, 
 }
 
 // run serves until ctx ends, then stops listeners (which finish their
-// transactions), the API, and closes the store.
+// transactions), the forwarder, the API, and closes the store.
 func (n *node) run(ctx context.Context) error {
-	var wg sync.WaitGroup
-	errs := make(chan error, len(n.listeners)+1)
 	lctx, stopAll := context.WithCancel(ctx)
 	defer stopAll()
-	for _, l := range n.listeners {
-		wg.Go(func() {
-			if err := l.Run(lctx); err != nil {
-				errs <- err
-				stopAll()
-			}
-		})
+	n.lerr = make(chan error, 1)
+	n.mu.Lock()
+	n.lctx = lctx
+	for _, rl := range n.listeners {
+		n.runListener(rl)
 	}
+	n.mu.Unlock()
 	fwdDone := make(chan struct{})
 	fctx, stopForwarder := context.WithCancel(context.Background())
 	go func() {
 		defer close(fwdDone)
 		n.forwarder.Run(fctx)
 	}()
-	wg.Go(func() {
-		if err := n.web.Serve(lctx, n.webLn); err != nil && !errors.Is(err, context.Canceled) {
-			errs <- fmt.Errorf("web: %w", err)
+	webErr := make(chan error, 1)
+	go func() {
+		err := n.web.Serve(lctx, n.webLn)
+		if err != nil && !errors.Is(err, context.Canceled) {
 			stopAll()
 		}
-	})
+		webErr <- err
+	}()
 	n.log.Info("node started")
-	<-lctx.Done()
+	var err error
+	select {
+	case <-lctx.Done():
+	case err = <-n.lerr:
+		stopAll()
+	}
 	n.log.Info("node stopping")
-	wg.Wait()
+	n.lwg.Wait()
 	// The forwarder stops after the listeners, so nothing is queued behind
 	// its back; each worker finishes the message it is sending.
 	stopForwarder()
 	<-fwdDone
-	close(errs)
-	err := n.close()
-	for e := range errs {
-		err = errors.Join(err, e)
+	if werr := <-webErr; werr != nil && !errors.Is(werr, context.Canceled) {
+		err = errors.Join(err, fmt.Errorf("web: %w", werr))
 	}
+	err = errors.Join(err, n.close())
 	if err == nil {
 		n.log.Info("node stopped cleanly")
 	}
@@ -259,14 +285,16 @@ func (n *node) health(ctx context.Context) []web.Check {
 		const minFree = 256 << 20
 		checks = append(checks, web.Check{Name: "disk", OK: free >= minFree, Detail: fmt.Sprintf("%d MiB free in %s", free>>20, n.cfg.DataDir)})
 	}
-	for _, l := range n.listeners {
+	n.mu.Lock()
+	for name, rl := range n.listeners {
 		select {
-		case <-l.Ready():
-			checks = append(checks, web.Check{Name: "listener:" + l.Name(), OK: true, Detail: fmt.Sprintf("%s, %d sessions", l.Addr(), l.Sessions())})
+		case <-rl.l.Ready():
+			checks = append(checks, web.Check{Name: "listener:" + name, OK: true, Detail: fmt.Sprintf("%s, %d sessions", rl.l.Addr(), rl.l.Sessions())})
 		default:
-			checks = append(checks, web.Check{Name: "listener:" + l.Name(), OK: false, Detail: "not accepting"})
+			checks = append(checks, web.Check{Name: "listener:" + name, OK: false, Detail: "not accepting"})
 		}
 	}
+	n.mu.Unlock()
 	return checks
 }
 
@@ -281,9 +309,11 @@ func (n *node) counters() map[string]int64 {
 	st := n.archive.Stats()
 	c := map[string]int64{"archive_messages": st.Messages, "archive_bytes": st.Bytes}
 	var sessions int64
-	for _, l := range n.listeners {
-		sessions += int64(l.Sessions())
+	n.mu.Lock()
+	for _, rl := range n.listeners {
+		sessions += int64(rl.l.Sessions())
 	}
+	n.mu.Unlock()
 	c["smtp_sessions_active"] = sessions
 	return c
 }

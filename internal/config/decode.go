@@ -38,25 +38,9 @@ func Load(file string, v Validator) error {
 // from the YAML syntax to a failed cross-check, comes back in one Errors
 // value whose lines name the file, the line and the key.
 func Parse(file string, data []byte, v Validator) error {
-	d := &decoder{file: file, lines: map[string]int{}}
-	var root yaml.Node
-	if err := yaml.Unmarshal(data, &root); err != nil {
-		return Errors{{File: file, Line: yamlErrLine(err), Msg: strings.TrimPrefix(err.Error(), "yaml: ")}}
-	}
-	rv := reflect.ValueOf(v)
-	if rv.Kind() != reflect.Pointer || rv.Elem().Kind() != reflect.Struct {
-		panic("config: Parse needs a pointer to a struct")
-	}
-	callDefaults(rv.Elem())
-	switch {
-	case root.Kind == 0: // empty document: defaults only
-	case root.Kind == yaml.DocumentNode && len(root.Content) == 1:
-		d.value(root.Content[0], rv.Elem(), "")
-	default:
-		d.fail(&root, "", "expected a single YAML document")
-	}
-	if len(d.errs) > 0 {
-		return d.errs
+	d, err := decode(file, data, v)
+	if err != nil {
+		return err
 	}
 	p := &Problems{}
 	v.Validate(p)
@@ -68,6 +52,39 @@ func Parse(file string, data []byte, v Validator) error {
 		errs = append(errs, Error{File: file, Line: d.lineOf(pr.Path), Path: pr.Path, Msg: pr.Msg})
 	}
 	return errs
+}
+
+// Decode decodes YAML (or JSON, which is YAML) strictly into v, a pointer
+// to a struct, with defaults and without validation: for one listener,
+// route or connection sent to the API, validated later as part of the
+// whole node.
+func Decode(file string, data []byte, v any) error {
+	_, err := decode(file, data, v)
+	return err
+}
+
+func decode(file string, data []byte, v any) (*decoder, error) {
+	d := &decoder{file: file, lines: map[string]int{}}
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, Errors{{File: file, Line: yamlErrLine(err), Msg: strings.TrimPrefix(err.Error(), "yaml: ")}}
+	}
+	rv := reflect.ValueOf(v)
+	if rv.Kind() != reflect.Pointer || rv.Elem().Kind() != reflect.Struct {
+		panic("config: Decode needs a pointer to a struct")
+	}
+	callDefaults(rv.Elem())
+	switch {
+	case root.Kind == 0: // empty document: defaults only
+	case root.Kind == yaml.DocumentNode && len(root.Content) == 1:
+		d.value(root.Content[0], rv.Elem(), "")
+	default:
+		d.fail(&root, "", "expected a single YAML document")
+	}
+	if len(d.errs) > 0 {
+		return nil, d.errs
+	}
+	return d, nil
 }
 
 // Error is one configuration problem.
