@@ -37,6 +37,14 @@ type Deps struct {
 	ShutdownGrace time.Duration
 }
 
+// maxLineLength bounds a line, command or data. RFC 5322 §2.1.1 allows 998
+// characters, but real mail (HTML parts, Exchange Online's binary
+// attachments sent over DATA) breaks it, and an archive that refuses such a
+// message loses it: a journaling MTA does not resend a rejected report.
+// go-smtp's default, 2000, is too tight for that; 64 KiB still bounds what
+// one session can make the server buffer.
+const maxLineLength = 64 << 10
+
 // Listener is one SMTP server.
 type Listener struct {
 	cfg       config.Listener
@@ -70,6 +78,7 @@ func New(cfg config.Listener, deps Deps) (*Listener, error) {
 	srv.ReadTimeout = cfg.ReadTimeout
 	srv.WriteTimeout = cfg.WriteTimeout
 	srv.EnableSMTPUTF8 = true
+	srv.MaxLineLength = maxLineLength
 	srv.ErrorLog = logrusAdapter{l.log}
 	if cfg.TLS != nil {
 		cert, err := tls.LoadX509KeyPair(cfg.TLS.Cert, cfg.TLS.Key)

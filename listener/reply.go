@@ -34,9 +34,9 @@ var (
 	replyBadAddress = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad recipient address syntax"}
 	replyTooBig     = smtp.ErrDataTooLarge // 552 5.3.4
 	// go-smtp's reader fails for good on a line past its MaxLineLength
-	// (2000) and closes the session; RFC 5322 §2.1.1 allows 998. The
-	// message can never pass, so the reply is permanent.
-	replyLineTooLong = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Message has a line longer than 2000 bytes (RFC 5322 section 2.1.1 allows 998); closing connection"}
+	// (maxLineLength) and closes the session. The message can never pass,
+	// so the reply is permanent.
+	replyLineTooLong = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Message has a line longer than 65536 bytes; closing connection"}
 )
 
 // replyFor turns an error from receiving or delivering a message into the

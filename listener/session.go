@@ -36,6 +36,8 @@ type session struct {
 	// the connection: otherwise go-smtp would keep reading, and the rest of
 	// a stalled DATA would be taken for commands.
 	closeAfterReply atomic.Bool
+	// inData is true from DATA until the reply is written (Reset).
+	inData bool
 }
 
 func (l *Listener) newSession(c *smtp.Conn) (smtp.Session, error) {
@@ -69,6 +71,7 @@ func trackedOf(c net.Conn) *trackedConn {
 
 func (s *session) Reset() {
 	s.from, s.rcpts = "", nil
+	s.leaveData()
 	if s.closeAfterReply.Load() {
 		// Under go-smtp's connection lock: close the gate's connection,
 		// not the smtp.Conn.
@@ -76,7 +79,20 @@ func (s *session) Reset() {
 	}
 }
 
-func (s *session) Logout() error { return nil }
+func (s *session) Logout() error {
+	s.leaveData()
+	return nil
+}
+
+// leaveData ends the session's DATA phase. go-smtp calls Reset right after
+// writing the reply to DATA, so a stopping listener, which waits for no
+// session to be in DATA, never closes a connection before its 250 is out.
+func (s *session) leaveData() {
+	if s.inData {
+		s.inData = false
+		s.l.inDATA.Add(-1)
+	}
+}
 
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	cfg := s.l.cfg
@@ -105,7 +121,7 @@ func (s *session) Data(r io.Reader) error {
 	start := time.Now()
 	l := s.l
 	l.inDATA.Add(1)
-	defer l.inDATA.Add(-1)
+	s.inData = true
 	log := l.log.WithFields(logrus.Fields{"client": s.conn.remote.String(), "from": s.from, "rcpts": len(s.rcpts)})
 	res, err := envelope.Receive(&deadlineReader{r: r, conn: s.smtpConn.Conn(), d: l.cfg.DataTimeout}, envelope.SpoolOptions{
 		Dir:        l.deps.SpoolDir,

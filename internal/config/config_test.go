@@ -104,24 +104,21 @@ web: {address: 127.0.0.1:8090}
 			t.Errorf("missing %q in\n%s", want, got)
 		}
 	}
-	// Decode errors stop before validation; fix them and see the rest.
-	bad = strings.NewReplacer("lots", "1MiB", "5 minutes", "5m", "    colour: blue\n", "").Replace(bad)
-	err = Parse("bad.yaml", []byte(bad), &Node{})
-	if err == nil {
-		t.Fatal("no validation error")
-	}
-	got = err.Error()
+	// Decode errors and validation errors come together, in file order.
 	for _, want := range []string{
-		`bad.yaml:7: listeners[1].name: duplicate listener name "journal"`,
-		`bad.yaml:8: listeners[1].address: invalid address "nohost"`,
-		`bad.yaml:9: listeners[1].allow[0]: invalid network "10.0.0.0/33"`,
-		`bad.yaml:12: routes[0].from[1]: no listener named "missing"`,
-		`bad.yaml:13: routes[0].actions[1]: no connection named "nowhere"`,
-		`bad.yaml:13: routes[0].actions[2]: unknown action "shred"`,
+		`bad.yaml:8: listeners[1].name: duplicate listener name "journal"`,
+		`bad.yaml:9: listeners[1].address: invalid address "nohost"`,
+		`bad.yaml:10: listeners[1].allow[0]: invalid network "10.0.0.0/33"`,
+		`bad.yaml:13: routes[0].from[1]: no listener named "missing"`,
+		`bad.yaml:14: routes[0].actions[1]: no connection named "nowhere"`,
+		`bad.yaml:14: routes[0].actions[2]: unknown action "shred"`,
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("missing %q in\n%s", want, got)
 		}
+	}
+	if strings.Contains(got, "max_message_size: must be > 0") {
+		t.Errorf("validation repeats a key that failed to decode:\n%s", got)
 	}
 }
 

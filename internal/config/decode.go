@@ -39,19 +39,42 @@ func Load(file string, v Validator) error {
 // value whose lines name the file, the line and the key.
 func Parse(file string, data []byte, v Validator) error {
 	d, err := decode(file, data, v)
+	var errs Errors
 	if err != nil {
-		return err
+		if d == nil {
+			return err // not YAML at all: nothing to validate
+		}
+		errs = err.(Errors)
 	}
 	p := &Problems{}
 	v.Validate(p)
-	if len(p.list) == 0 {
-		return nil
-	}
-	errs := make(Errors, 0, len(p.list))
 	for _, pr := range p.list {
+		// A key that failed to decode kept its default; what validation
+		// says about it (or about what contains it) would only repeat or
+		// mislead.
+		if related(pr.Path, errs) {
+			continue
+		}
 		errs = append(errs, Error{File: file, Line: d.lineOf(pr.Path), Path: pr.Path, Msg: pr.Msg})
 	}
+	if len(errs) == 0 {
+		return nil
+	}
+	sort.SliceStable(errs, func(i, j int) bool { return errs[i].Line < errs[j].Line })
 	return errs
+}
+
+func related(path string, errs Errors) bool {
+	for _, e := range errs {
+		if e.Path == "" {
+			continue
+		}
+		if path == e.Path || strings.HasPrefix(path, e.Path+".") || strings.HasPrefix(path, e.Path+"[") ||
+			strings.HasPrefix(e.Path, path+".") || strings.HasPrefix(e.Path, path+"[") {
+			return true
+		}
+	}
+	return false
 }
 
 // Decode decodes YAML (or JSON, which is YAML) strictly into v, a pointer
@@ -60,7 +83,10 @@ func Parse(file string, data []byte, v Validator) error {
 // whole node.
 func Decode(file string, data []byte, v any) error {
 	_, err := decode(file, data, v)
-	return err
+	if err != nil {
+		return err
+	}
+	return nil
 }
 
 func decode(file string, data []byte, v any) (*decoder, error) {
@@ -82,7 +108,7 @@ func decode(file string, data []byte, v any) (*decoder, error) {
 		d.fail(&root, "", "expected a single YAML document")
 	}
 	if len(d.errs) > 0 {
-		return nil, d.errs
+		return d, d.errs
 	}
 	return d, nil
 }
