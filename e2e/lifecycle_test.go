@@ -138,8 +138,8 @@ web: {address: 127.0.0.1:8090}
 `, []string{
 			`5: listeners[0].address: invalid port "99999" in "127.0.0.1:99999"`,
 			`6: listeners[0].max_recipients: must be > 0 (got 0)`,
-			`8: listeners[1].address: invalid address "nohost" (want host:port)`,
 			`7: listeners[1].name: duplicate listener name "journal"`,
+			`8: listeners[1].address: invalid address "nohost" (want host:port)`,
 			`10: routes[0].from[1]: no listener named "nope"`,
 			`10: routes[0].actions[1]: no connection named "peer"`,
 		}},
@@ -151,11 +151,12 @@ listeners:
     read_timeout: soon
     max_message_size: lots
 routes:
-  - {name: r, from: [journal], actions: [archive]}
+  - {name: r, from: [journal, ghost], actions: [archive]}
 `, []string{
 			`2: colour: unknown key (known: connections, data_dir, listeners, log, max_hops, node, routes, store, web)`,
 			`6: listeners[0].read_timeout: invalid duration "soon" (want a Go duration such as 30s, 5m, 1h)`,
 			`7: listeners[0].max_message_size: invalid size "lots" (want a number with an optional unit KiB, MiB, GiB, KB, MB, GB)`,
+			`9: routes[0].from[1]: no listener named "ghost"`,
 		}},
 	}
 	for _, tc := range cases {

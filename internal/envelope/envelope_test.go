@@ -2,8 +2,8 @@ package envelope
 
 import (
 	"bytes"
-	"encoding/json"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"io"
 	"os"
