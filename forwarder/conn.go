@@ -40,6 +40,10 @@ type conn struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	kick   chan struct{}
+	// finished wakes the feeder when a worker is done with an entry: one
+	// it had to skip as in flight may have been deferred, and is due at
+	// its backoff, not at the feeder's next idle tick.
+	finished chan struct{}
 
 	mu          sync.Mutex
 	state       string
@@ -64,6 +68,7 @@ func (f *Forwarder) newConn(cfg config.Connection) *conn {
 		log:      f.deps.Log.WithFields(logrus.Fields{"component": "forwarder", "connection": cfg.Name, "peer": cfg.Address}),
 		done:     make(chan struct{}),
 		kick:     make(chan struct{}, 1),
+		finished: make(chan struct{}, 1),
 		state:    StateDown,
 		inflight: map[uint64]bool{},
 		peerNode: f.deps.Queue.PeerNode(cfg.Name),
@@ -211,6 +216,7 @@ feed:
 			case <-dctx.Done():
 			case <-wake:
 			case <-c.kick:
+			case <-c.finished:
 			case <-t.C:
 			}
 			t.Stop()
@@ -255,6 +261,10 @@ func (c *conn) done1(seq uint64) {
 	c.mu.Lock()
 	c.inflight[seq] = false
 	c.mu.Unlock()
+	select {
+	case c.finished <- struct{}{}:
+	default:
+	}
 }
 
 // forgetFinished drops the finished entries before a Due: every change
