@@ -58,7 +58,7 @@ func Open(db *store.DB) (*Store, error) {
 		if err != nil {
 			return err
 		}
-		for _, name := range [][]byte{bucketMeta, bucketHash, bucketBlob, bucketIndex, bucketStats, bucketStaged} {
+		for _, name := range [][]byte{bucketMeta, bucketHash, bucketBlob, bucketIndex, bucketStats, bucketStaged, bucketOriginal} {
 			if _, err := top.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -81,6 +81,9 @@ type Item struct {
 	Trace    envelope.Trace
 	Headers  Headers
 	Journal  *JournalSummary
+	// EncodedRcptTo are the RCPT TO addresses a listener decoded into
+	// Envelope.RcptTo (its subaddress option), kept as evidence.
+	EncodedRcptTo []string
 
 	staged uint64 // the reserved seq whose chunks Stage wrote; 0: none
 }
@@ -89,7 +92,9 @@ type Item struct {
 // goroutine, outside the shared write transaction, so parsing never holds
 // up other sessions' commits.
 func Prepare(it *Item) {
-	it.Headers = ParseHeaders(it.Body.Head(maxHeaderBytes))
+	head := it.Body.Head(maxHeaderBytes)
+	it.Headers = ParseHeaders(head)
+	prepareJournal(it, head)
 }
 
 // PutResult says what PutTx did.
@@ -152,15 +157,24 @@ func (s *Store) PutTx(tx *bolt.Tx, it *Item) (PutResult, error) {
 	hexHash := it.Hash.String()
 	m := &Meta{
 		ID: hexHash, Hash: hexHash, Seq: seq, Size: size,
-		Envelope: envelope.Envelope{MailFrom: it.Envelope.MailFrom, RcptTo: dedupe(nil, it.Envelope.RcptTo)},
-		Receipt:  it.Receipt, Receipts: 1,
+		Envelope:      envelope.Envelope{MailFrom: it.Envelope.MailFrom, RcptTo: dedupe(nil, it.Envelope.RcptTo)},
+		EncodedRcptTo: dedupe(nil, it.EncodedRcptTo),
+		Receipt:       it.Receipt, Receipts: 1,
 		Origin:  it.Trace.Origin(),
 		Trace:   it.Trace,
 		Headers: it.Headers,
-		Journal: it.Journal,
+	}
+	if it.Journal != nil {
+		// A copy: this function may run again, and groupTx writes to it.
+		j := *it.Journal
+		m.Journal = &j
 	}
 	if m.Origin == "" {
 		m.Origin = it.Receipt.Node
+	}
+	grouped, err := groupTx(top, m)
+	if err != nil {
+		return PutResult{}, fmt.Errorf("archive: put %s: %w", it.Hash.Short(), err)
 	}
 	if err := putMeta(metas, m); err != nil {
 		return PutResult{}, fmt.Errorf("archive: put %s: %w", it.Hash.Short(), err)
@@ -168,8 +182,11 @@ func (s *Store) PutTx(tx *bolt.Tx, it *Item) (PutResult, error) {
 	if err := hashes.Put(it.Hash[:], u64(seq)); err != nil {
 		return PutResult{}, fmt.Errorf("archive: put %s: %w", it.Hash.Short(), err)
 	}
-	if err := indexMeta(top.Bucket(bucketIndex), m); err != nil {
-		return PutResult{}, fmt.Errorf("archive: index %s: %w", it.Hash.Short(), err)
+	if !grouped {
+		// A grouped report is found through its group's record.
+		if err := indexMeta(top.Bucket(bucketIndex), m); err != nil {
+			return PutResult{}, fmt.Errorf("archive: index %s: %w", it.Hash.Short(), err)
+		}
 	}
 	stats := top.Bucket(bucketStats)
 	if err := addCounter(stats, keyMessages, 1); err != nil {
@@ -190,6 +207,7 @@ func (s *Store) merge(top *bolt.Bucket, seq uint64, it *Item) (bool, error) {
 	before := len(m.Envelope.RcptTo)
 	m.Envelope.RcptTo = dedupe(m.Envelope.RcptTo, it.Envelope.RcptTo)
 	added := m.Envelope.RcptTo[before:]
+	m.EncodedRcptTo = dedupe(m.EncodedRcptTo, it.EncodedRcptTo)
 	if it.Journal != nil && m.Journal == nil {
 		m.Journal = it.Journal
 	}
@@ -198,7 +216,13 @@ func (s *Store) merge(top *bolt.Bucket, seq uint64, it *Item) (bool, error) {
 		return false, err
 	}
 	idx := top.Bucket(bucketIndex)
-	for _, r := range added {
+	post := added
+	if m.Journal != nil && m.Journal.GroupedInto != "" {
+		// Its group's record stands for it in searches; its envelope
+		// (the journaling mailbox) is only evidence.
+		post = nil
+	}
+	for _, r := range post {
 		if err := postAddress(idx, 't', r, seq); err != nil {
 			return false, err
 		}

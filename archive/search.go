@@ -121,8 +121,11 @@ func (s *Store) Search(ctx context.Context, q Query) (Page, error) {
 				if err != nil {
 					return err
 				}
-				if m.match(meta) {
-					page.Messages = append(page.Messages, summarize(meta))
+				// A report grouped into an earlier one's record is
+				// found as that record (group.go).
+				grouped := meta.Journal != nil && meta.Journal.GroupedInto != ""
+				if !grouped && m.match(meta) {
+					page.Messages = append(page.Messages, summarize(meta, q.Restricted))
 				}
 			}
 			if len(page.Messages) == limit {
@@ -142,10 +145,20 @@ func (s *Store) Search(ctx context.Context, q Query) (Page, error) {
 	return page, err
 }
 
-func summarize(m *Meta) Summary {
+func summarize(m *Meta, restricted bool) Summary {
 	s := Summary{
 		ID: m.ID, Hash: m.Hash, MessageID: m.Headers.MessageID, Subject: m.Headers.Subject,
 		To: m.Headers.To, Date: m.Headers.Date, Size: m.Size, Received: m.Receipt.Received,
+	}
+	if j := m.Journal; j != nil {
+		if o := j.Original; o != nil && o.SHA256 != "" {
+			s.Original = &OriginalRef{SHA256: o.SHA256, Size: o.Size}
+		}
+		s.Reports = len(j.Reports)
+		s.Recipients = j.Recipients
+		if restricted {
+			s.Recipients = visibleRecipients(j.Recipients, shownAddresses(&m.Headers))
+		}
 	}
 	if m.Headers.FromDisplay != "" {
 		s.From = m.Headers.FromDisplay
@@ -161,6 +174,7 @@ func summarize(m *Meta) Summary {
 }
 
 type matcher struct {
+	restricted           bool
 	from, to, subj, text string
 	fromKind, toKind     byte // the index to drive the search with, or 0
 	fromTerm, toTerm     string
@@ -169,7 +183,7 @@ type matcher struct {
 }
 
 func newMatcher(q Query) *matcher {
-	m := &matcher{after: q.After, before: q.Before}
+	m := &matcher{after: q.After, before: q.Before, restricted: q.Restricted}
 	m.from = strings.ToLower(strings.TrimSpace(q.From))
 	m.to = strings.ToLower(strings.TrimSpace(q.To))
 	m.subj = strings.ToLower(strings.TrimSpace(q.Subject))
@@ -267,7 +281,7 @@ func (m *matcher) match(meta *Meta) bool {
 	if m.from != "" && !anyMatch(m.from, append(append([]string(nil), meta.Headers.From...), meta.Envelope.MailFrom, meta.Headers.FromDisplay)) {
 		return false
 	}
-	if m.to != "" && !anyMatch(m.to, recipientsOf(meta)) {
+	if m.to != "" && !anyMatch(m.to, m.recipientsOf(meta)) {
 		return false
 	}
 	if m.subj != "" && !strings.Contains(strings.ToLower(meta.Headers.Subject), m.subj) {
@@ -286,7 +300,7 @@ func (m *matcher) match(meta *Meta) bool {
 		}
 	}
 	if m.text != "" {
-		hay := append(recipientsOf(meta), meta.Headers.Subject, meta.Headers.MessageID, meta.Headers.FromDisplay, meta.Envelope.MailFrom)
+		hay := append(m.recipientsOf(meta), meta.Headers.Subject, meta.Headers.MessageID, meta.Headers.FromDisplay, meta.Envelope.MailFrom)
 		hay = append(hay, meta.Headers.From...)
 		if !anyMatch(m.text, hay) {
 			return false
@@ -295,7 +309,12 @@ func (m *matcher) match(meta *Meta) bool {
 	return true
 }
 
-func recipientsOf(meta *Meta) []string {
+// recipientsOf lists what a recipient filter matches: every recipient the
+// archive knows of, or, for a restricted query, those the header shows.
+func (m *matcher) recipientsOf(meta *Meta) []string {
+	if m.restricted {
+		return append(append([]string(nil), meta.Headers.To...), meta.Headers.Cc...)
+	}
 	out := append(append(append([]string(nil), meta.Headers.To...), meta.Headers.Cc...), meta.Envelope.RcptTo...)
 	if meta.Journal != nil {
 		for _, r := range meta.Journal.Recipients {
