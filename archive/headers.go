@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/mail"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/emersion/go-message"
@@ -41,7 +42,9 @@ func ParseHeaders(head []byte) Headers {
 		subj = h.Get("Subject")
 	}
 	hs.Subject = clean(subj, &hs, "subject")
-	if h.Has("Date") {
+	if d, ok := parseCommonDate(h.Get("Date")); ok {
+		hs.Date = d.UTC()
+	} else if h.Has("Date") {
 		d, err := h.Date()
 		if err != nil {
 			// net/mail is more forgiving of the dates seen in the wild.
@@ -81,11 +84,30 @@ func readHeader(head []byte) (textproto.Header, error) {
 			head = append(append([]byte(nil), head...), "\r\n\r\n"...)
 		}
 	}
-	h, err := textproto.ReadHeader(bufio.NewReader(bytes.NewReader(head)))
+	// A buffer the size of the header section: the default 4 KiB was
+	// most of this function's allocation.
+	h, err := textproto.ReadHeader(bufio.NewReaderSize(bytes.NewReader(head), len(head)))
 	if err != nil {
 		return h, fmt.Errorf("%w (indexed what parsed)", err)
 	}
 	return h, nil
+}
+
+// commonDateLayout is the RFC 5322 §3.3 date-time that nearly every MTA
+// writes. net/mail.ParseDate finds it too, but only after trying dozens of
+// layouts, a visible cost at thousands of messages a second.
+const commonDateLayout = "Mon, _2 Jan 2006 15:04:05 -0700"
+
+// parseCommonDate parses a Date in commonDateLayout, with or without a
+// trailing comment such as "(UTC)"; anything else is left to the full
+// parser.
+func parseCommonDate(v string) (time.Time, bool) {
+	v = strings.TrimSpace(v)
+	if i := strings.IndexByte(v, '('); i > 0 && strings.HasSuffix(v, ")") {
+		v = strings.TrimRight(v[:i], " \t")
+	}
+	d, err := time.Parse(commonDateLayout, v)
+	return d, err == nil
 }
 
 // addresses returns lower-cased addresses (for the index) and the first

@@ -1,6 +1,7 @@
 package archive
 
 import (
+	"net/mail"
 	"strings"
 	"testing"
 	"time"
@@ -61,6 +62,43 @@ func TestParseHeaders(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) { tc.check(t, ParseHeaders([]byte(tc.raw))) })
 	}
+}
+
+func TestParseCommonDateAgreesWithNetMail(t *testing.T) {
+	for _, v := range []string{
+		"Sun, 22 Nov 2026 02:31:14 +0000 (UTC)",
+		"Sun, 22 Nov 2026 02:31:14 +0000",
+		"Mon, 2 Nov 2026 10:00:00 -0800",
+		"Mon,  2 Nov 2026 10:00:00 +0530 (IST)",
+		"  Tue, 03 Nov 2026 23:59:59 +1400  ",
+		"Wed, 4 Nov 2026 10:00:00 +0100 (CET) ",
+	} {
+		got, ok := parseCommonDate(v)
+		want, err := mail.ParseDate(v)
+		if !ok || err != nil || !got.Equal(want) {
+			t.Errorf("%q: fast %v %v, net/mail %v %v", v, got, ok, want, err)
+		}
+	}
+	// Other forms go to the full parser.
+	for _, v := range []string{"", "22 Nov 2026 10:00 GMT", "Sun, 22 Nov 2026 02:31 +0000", "Sun, 22 Nov 2026 02:31:14 GMT", "yesterday"} {
+		if _, ok := parseCommonDate(v); ok {
+			t.Errorf("%q taken by the fast path", v)
+		}
+	}
+}
+
+func FuzzParseCommonDate(f *testing.F) {
+	f.Add("Sun, 22 Nov 2026 02:31:14 +0000 (UTC)")
+	f.Add("Mon, 2 Nov 2026 10:00:00 -0800")
+	f.Fuzz(func(t *testing.T, v string) {
+		got, ok := parseCommonDate(v)
+		if !ok {
+			return
+		}
+		if want, err := mail.ParseDate(v); err == nil && !got.Equal(want) {
+			t.Fatalf("%q: fast %v, net/mail %v", v, got, want)
+		}
+	})
 }
 
 func FuzzParseHeaders(f *testing.F) {
