@@ -25,6 +25,8 @@ func (s *Server) searchArchive(ctx context.Context, params url.Values) (archive.
 	if err != nil {
 		return archive.Page{}, err
 	}
+	// Who may not see Bcc recipients may not find a message by one.
+	q.Restricted = !mayAudit(ctx)
 	page, err := s.opts.Archive.Search(ctx, q)
 	if errors.Is(err, archive.ErrBadCursor) {
 		return archive.Page{}, badParam("cursor", "not a cursor from a previous page of this node")
@@ -38,7 +40,8 @@ func (s *Server) searchArchive(ctx context.Context, params url.Values) (archive.
 	return page, nil
 }
 
-// message returns a message's metadata.
+// message returns a message's metadata, without the Bcc recipients and
+// list expansions for callers who may not see them (archive.Restrict).
 func (s *Server) message(ctx context.Context, id string) (*archive.Meta, error) {
 	id, err := parseID(id)
 	if err != nil {
@@ -48,20 +51,59 @@ func (s *Server) message(ctx context.Context, id string) (*archive.Meta, error) 
 	if errors.Is(err, archive.ErrNotFound) {
 		return nil, &Error{Status: http.StatusNotFound, Param: "id", Msg: "no such message"}
 	}
-	return m, err
+	if err != nil {
+		return nil, err
+	}
+	if !mayAudit(ctx) {
+		m = archive.Restrict(m)
+	}
+	return m, nil
 }
 
-// openRaw opens a message's archived bytes; the caller closes them.
-func (s *Server) openRaw(ctx context.Context, id string) (io.ReadCloser, int64, string, error) {
+// mayAudit tells whether the caller may see what a message's own header
+// does not show: Bcc recipients, list expansions, a journal report whole.
+// That is the admin role; a request without a principal may not.
+func mayAudit(ctx context.Context) bool {
+	p, ok := PrincipalFrom(ctx)
+	return ok && p.Role == RoleAdmin
+}
+
+// parsePart reads the part parameter of a download and checks that the
+// caller may have it.
+func parsePart(ctx context.Context, part string) (string, error) {
+	switch part {
+	case "", archive.PartOriginal:
+		return archive.PartOriginal, nil
+	case archive.PartReport, archive.PartDecrypted:
+		if !mayAudit(ctx) {
+			return "", &Error{Status: http.StatusForbidden, Param: "part",
+				Msg: "part=" + part + " shows what the original does not (Bcc recipients, list expansions): admin role only"}
+		}
+		return part, nil
+	}
+	return "", badParam("part", "want original, report or decrypted")
+}
+
+// openPart opens a part of a message (see parsePart); the caller closes it.
+func (s *Server) openPart(ctx context.Context, id, part string) (io.ReadCloser, archive.PartInfo, string, error) {
 	id, err := parseID(id)
 	if err != nil {
-		return nil, 0, "", err
+		return nil, archive.PartInfo{}, "", err
 	}
-	rc, size, err := s.opts.Archive.OpenRaw(ctx, id)
-	if errors.Is(err, archive.ErrNotFound) {
-		return nil, 0, "", &Error{Status: http.StatusNotFound, Param: "id", Msg: "no such message"}
+	if part, err = parsePart(ctx, part); err != nil {
+		return nil, archive.PartInfo{}, "", err
 	}
-	return rc, size, id, err
+	rc, info, err := s.opts.Archive.OpenPart(ctx, id, part)
+	switch {
+	case errors.Is(err, archive.ErrNotFound):
+		return nil, info, "", &Error{Status: http.StatusNotFound, Param: "id", Msg: "no such message"}
+	case errors.Is(err, archive.ErrNoPart) && part == archive.PartOriginal:
+		return nil, info, "", &Error{Status: http.StatusNotFound, Param: "part",
+			Msg: "the journal report carries no original that could be located (see the message's journal warnings); an admin may download part=report"}
+	case errors.Is(err, archive.ErrNoPart):
+		return nil, info, "", &Error{Status: http.StatusNotFound, Param: "part", Msg: "the message has no " + part + " part"}
+	}
+	return rc, info, id, err
 }
 
 // digest returns the archive digest of DESIGN.md.
@@ -108,22 +150,40 @@ func (s *Server) handleDigest(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, d)
 }
 
-// handleRaw streams the archived bytes without holding them in memory:
-// the store reads them chunk by chunk and each chunk is written as it
-// comes.
+// handleRaw streams a message without holding it in memory: the store
+// reads it chunk by chunk and each chunk is written as it comes. For a
+// journal report it serves the original unless ?part= asks otherwise (Bcc
+// privacy, docs/api.md); X-Chainmail-Part says what was served.
 func (s *Server) handleRaw(w http.ResponseWriter, r *http.Request) {
-	rc, size, id, err := s.openRaw(r.Context(), r.PathValue("id"))
+	rc, info, id, err := s.openPart(r.Context(), r.PathValue("id"), r.URL.Query().Get("part"))
 	if err != nil {
 		writeError(w, r, s.log, err)
 		return
 	}
 	defer rc.Close()
+	size := info.Size
+	name := id
+	switch info.Part {
+	case archive.PartOriginal, archive.PartDecrypted:
+		name += "." + info.Part
+	}
+	if p, ok := PrincipalFrom(r.Context()); ok && r.Method != http.MethodHead &&
+		(info.Part == archive.PartReport || info.Part == archive.PartDecrypted) {
+		// Who read the Bcc recipients of which message.
+		s.log.WithFields(logrus.Fields{"msg": id[:12], "part": info.Part, "principal": p.Name}).Info("web: journal report part downloaded")
+	}
+	ext := ".eml"
+	if info.ContentType != "message/rfc822" {
+		ext = ".dat"
+	}
 	h := w.Header()
-	h.Set("Content-Type", "message/rfc822")
+	h.Set("Content-Type", info.ContentType)
 	h.Set("Content-Length", strconv.FormatInt(size, 10))
-	h.Set("Content-Disposition", `attachment; filename="`+id+`.eml"`)
-	// The id is the SHA-256 of these bytes: a strong validator forever.
-	h.Set("ETag", `"`+id+`"`)
+	h.Set("Content-Disposition", `attachment; filename="`+name+ext+`"`)
+	h.Set("X-Chainmail-Part", info.Part)
+	// The SHA-256 of these bytes (the id, for the archived bytes): a
+	// strong validator forever.
+	h.Set("ETag", `"`+info.SHA256+`"`)
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodHead {
 		return

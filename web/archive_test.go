@@ -34,6 +34,7 @@ func TestSearch(t *testing.T) {
 		After:  time.Date(2024, 5, 1, 0, 0, 0, 0, time.UTC),
 		Before: time.Date(2024, 5, 2, 8, 0, 0, 0, time.UTC),
 		Text:   "hello", Limit: 10, Cursor: "42",
+		Restricted: true, // a read-only caller
 	}
 	got := arch.lastQuery
 	if !got.After.Equal(want.After) || !got.Before.Equal(want.Before) {

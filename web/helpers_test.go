@@ -98,6 +98,16 @@ func (f *fakeArchive) OpenRaw(ctx context.Context, id string) (io.ReadCloser, in
 	return io.NopCloser(bytes.NewReader(b)), int64(len(b)), nil
 }
 
+// OpenPart serves every message whole, as an ordinary message (journal
+// reports are tested over a real archive, journal_test.go).
+func (f *fakeArchive) OpenPart(ctx context.Context, id, part string) (io.ReadCloser, archive.PartInfo, error) {
+	rc, size, err := f.OpenRaw(ctx, id)
+	if err != nil {
+		return nil, archive.PartInfo{}, err
+	}
+	return rc, archive.PartInfo{Part: archive.PartMessage, Size: size, SHA256: id, ContentType: "message/rfc822"}, nil
+}
+
 func (f *fakeArchive) Digest(ctx context.Context) (archive.Digest, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

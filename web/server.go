@@ -18,13 +18,15 @@ import (
 )
 
 // Archive is what the API needs of the archive; *archive.Store has it.
-// Get and OpenRaw return archive.ErrNotFound for an unknown id, Search
+// Get and OpenPart return archive.ErrNotFound for an unknown id, Search
 // returns archive.ErrBadCursor for a cursor it did not issue.
 type Archive interface {
 	Search(ctx context.Context, q archive.Query) (archive.Page, error)
 	Get(ctx context.Context, id string) (*archive.Meta, error)
-	// OpenRaw streams the archived bytes; the int64 is their length.
-	OpenRaw(ctx context.Context, id string) (io.ReadCloser, int64, error)
+	// OpenPart streams one part of a message: a journal report's original
+	// (the default), the report itself or its decrypted copy (see
+	// archive.Store.OpenPart); archive.ErrNoPart when there is none.
+	OpenPart(ctx context.Context, id, part string) (io.ReadCloser, archive.PartInfo, error)
 	Digest(ctx context.Context) (archive.Digest, error)
 	Stats() archive.Stats
 }
