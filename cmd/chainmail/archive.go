@@ -28,7 +28,9 @@ const archiveUsage = `usage: chainmail archive <command> [flags]
 commands:
   search  [filters] [--all] [--json]          find messages, newest first
   show    ID [--json]                         a message's metadata
-  raw     ID [-o FILE]                        a message's exact archived bytes
+  raw     ID [--part P] [-o FILE]             a message's exact archived bytes; of a
+                                              journal report its original, unless
+                                              --part report (admin only)
   digest  [--json]                            message count and archive digest
   export  --format mbox|eml -o PATH [filters] write messages to an mbox file or
                                               a folder of <id>.eml files
@@ -406,8 +408,33 @@ func (c *archiveCLI) printMeta(m *archive.Meta) {
 	for _, t := range m.Trace {
 		line("trace", t.Value())
 	}
+	for _, e := range m.EncodedRcptTo {
+		line("encoded rcpt", e)
+	}
 	if j := m.Journal; j != nil {
-		line("journal", fmt.Sprintf("%s report, %d recipients", j.Format, len(j.Recipients)))
+		desc := fmt.Sprintf("%s report, %d recipients", j.Format, len(j.Recipients))
+		if j.Restricted {
+			desc += " shown (Bcc recipients and list members are for the admin role)"
+		}
+		line("journal", desc)
+		if o := j.Original; o != nil {
+			line("  original", fmt.Sprintf("%s, %d bytes, sha256 %s", o.ContentType, o.Size, o.SHA256))
+		}
+		if j.Decrypted != nil {
+			line("  decrypted", fmt.Sprintf("%d bytes (archive raw --part decrypted)", j.Decrypted.Size))
+		}
+		if j.TNEF {
+			line("  tnef", "the original is TNEF (winmail.dat), not decoded")
+		}
+		if j.GroupedInto != "" {
+			line("  grouped", "into "+j.GroupedInto+", which search shows for this original")
+		}
+		for _, r := range j.Reports {
+			line("  report", r.ID)
+		}
+		for _, w := range j.Warnings {
+			line("  warning", w)
+		}
 		for _, r := range j.Recipients {
 			s := r.Kind + " " + r.Address
 			if r.ExpandedFrom != "" {
@@ -425,10 +452,11 @@ func (c *archiveCLI) printMeta(m *archive.Meta) {
 }
 
 func (c *archiveCLI) raw(ctx context.Context, args []string) error {
-	fs := c.newFlagSet("raw", "ID [-o FILE]")
+	fs := c.newFlagSet("raw", "ID [--part original|report|decrypted] [-o FILE]")
 	var af apiFlags
 	af.register(fs)
 	out := fs.String("o", "", "write to `FILE` instead of stdout (replaced only once complete)")
+	part := fs.String("part", "", "of a journal report: `original` (the default), report (the whole report, with Bcc recipients; admin only) or decrypted")
 	pos, err := c.parse(fs, args, 1)
 	if err != nil {
 		return err
@@ -438,18 +466,31 @@ func (c *archiveCLI) raw(ctx context.Context, args []string) error {
 		fmt.Fprintf(c.stderr, "chainmail archive raw: %v\n", err)
 		return errUsage
 	}
+	switch *part {
+	case "", "original", "report", "decrypted":
+	default:
+		fmt.Fprintf(c.stderr, "chainmail archive raw: --part must be original, report or decrypted\n")
+		return errUsage
+	}
 	cl, err := c.client(&af)
 	if err != nil {
 		return err
 	}
-	if *out == "" {
-		_, err := fetchVerified(ctx, cl, id, c.stdout)
+	var served string
+	fetch := func(w io.Writer) error {
+		var err error
+		_, served, err = fetchVerified(ctx, cl, id, *part, w)
 		return err
 	}
-	return writeFileAtomic(*out, func(w io.Writer) error {
-		_, err := fetchVerified(ctx, cl, id, w)
-		return err
-	})
+	if *out == "" {
+		err = fetch(c.stdout)
+	} else {
+		err = writeFileAtomic(*out, fetch)
+	}
+	if err == nil && served == "original" && *part == "" {
+		fmt.Fprintf(c.stderr, "chainmail archive raw: %s is a journal report; this is its original (--part report for the report)\n", id)
+	}
+	return err
 }
 
 // checkID accepts a message id (64 hex digits) and returns it in lower
@@ -462,27 +503,29 @@ func checkID(s string) (string, error) {
 	return h.String(), nil
 }
 
-// fetchVerified copies a message's bytes to w and checks them against the
-// id, which is their SHA-256: what reaches the operator is exactly what
-// was archived, or the command fails.
-func fetchVerified(ctx context.Context, cl *apiClient, id string, w io.Writer) (int64, error) {
-	body, size, err := cl.raw(ctx, id)
+// fetchVerified copies a message's bytes, or the asked part of a journal
+// report, to w and checks them against their SHA-256 (the id, or the
+// part's, which the node sends as ETag): what reaches the operator is
+// exactly what was archived, or the command fails. It returns the part
+// the node served.
+func fetchVerified(ctx context.Context, cl *apiClient, id, part string, w io.Writer) (int64, string, error) {
+	d, err := cl.raw(ctx, id, part)
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
-	defer body.Close()
+	defer d.body.Close()
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(w, h), body)
+	n, err := io.Copy(io.MultiWriter(w, h), d.body)
 	if err != nil {
-		return n, fmt.Errorf("download %s: %w", id, err)
+		return n, d.part, fmt.Errorf("download %s: %w", id, err)
 	}
-	if size >= 0 && n != size {
-		return n, fmt.Errorf("download %s: got %d bytes, the node announced %d", id, n, size)
+	if d.size >= 0 && n != d.size {
+		return n, d.part, fmt.Errorf("download %s: got %d bytes, the node announced %d", id, n, d.size)
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != id {
-		return n, fmt.Errorf("download %s: the bytes hash to %s", id, got)
+	if got := hex.EncodeToString(h.Sum(nil)); got != d.sum {
+		return n, d.part, fmt.Errorf("download %s: the bytes hash to %s, want %s", id, got, d.sum)
 	}
-	return n, nil
+	return n, d.part, nil
 }
 
 // writeFileAtomic writes path through a temporary file in the same folder

@@ -28,8 +28,13 @@ func (c *archiveCLI) export(ctx context.Context, args []string) error {
 	format := fs.String("format", "", "`mbox` (one mboxrd file, LF line ends) or `eml` (a folder of <id>.eml files, exact bytes)")
 	out := fs.String("o", "", "the mbox file, or the folder of .eml files, to write (`PATH`)")
 	force := fs.Bool("force", false, "replace an existing mbox file")
+	part := fs.String("part", "original", "of a journal report: `original` or report (the whole report, with Bcc recipients; admin only)")
 	if _, err := c.parse(fs, args, 0); err != nil {
 		return err
+	}
+	if *part != "original" && *part != "report" {
+		fmt.Fprintf(c.stderr, "chainmail archive export: --part must be original or report (see -h)\n")
+		return errUsage
 	}
 	if *format != "mbox" && *format != "eml" {
 		fmt.Fprintf(c.stderr, "chainmail archive export: --format must be mbox or eml (see -h)\n")
@@ -57,9 +62,9 @@ func (c *archiveCLI) export(ctx context.Context, args []string) error {
 	bar.start = bar.now()
 
 	if *format == "eml" {
-		err = exportEML(ctx, cl, q, *out, bar)
+		err = exportEML(ctx, cl, q, *out, *part, bar)
 	} else {
-		err = exportMbox(ctx, cl, q, *out, *force, bar)
+		err = exportMbox(ctx, cl, q, *out, *part, *force, bar)
 	}
 	bar.finish()
 	fmt.Fprintf(c.stderr, "exported %d messages (%s) to %s", bar.done, humanSize(bar.bytes), *out)
@@ -77,7 +82,7 @@ func (c *archiveCLI) export(ctx context.Context, args []string) error {
 // exportEML writes <id>.eml files with the archived bytes, each through a
 // temporary file renamed into place once verified. So a file under its
 // final name is complete, and a second run skips what the first one wrote.
-func exportEML(ctx context.Context, cl *apiClient, q url.Values, dir string, bar *progress) error {
+func exportEML(ctx context.Context, cl *apiClient, q url.Values, dir, part string, bar *progress) error {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return err
 	}
@@ -93,14 +98,18 @@ func exportEML(ctx context.Context, cl *apiClient, q url.Values, dir string, bar
 			return fmt.Errorf("the API listed a bad id: %w", err)
 		}
 		path := filepath.Join(dir, id+".eml")
-		if fi, err := os.Lstat(path); err == nil && fi.Mode().IsRegular() && fi.Size() == m.Size {
+		size := m.Size
+		if m.Original != nil && part == "original" {
+			size = m.Original.Size
+		}
+		if fi, err := os.Lstat(path); err == nil && fi.Mode().IsRegular() && fi.Size() == size {
 			bar.skip()
 			return nil
 		}
 		var n int64
 		err = writeFileAtomic(path, func(w io.Writer) error {
 			var err error
-			n, err = fetchVerified(ctx, cl, id, w)
+			n, _, err = fetchVerified(ctx, cl, id, part, w)
 			return err
 		})
 		if err != nil {
@@ -113,7 +122,7 @@ func exportEML(ctx context.Context, cl *apiClient, q url.Values, dir string, bar
 
 // exportMbox writes one mboxrd file (see mboxrdWriter), replaced into
 // place only once complete.
-func exportMbox(ctx context.Context, cl *apiClient, q url.Values, path string, force bool, bar *progress) error {
+func exportMbox(ctx context.Context, cl *apiClient, q url.Values, path, part string, force bool, bar *progress) error {
 	if _, err := os.Lstat(path); err == nil && !force {
 		return fmt.Errorf("%s exists; use --force to replace it", path)
 	}
@@ -128,7 +137,7 @@ func exportMbox(ctx context.Context, cl *apiClient, q url.Values, path string, f
 				return err
 			}
 			mw := &mboxrdWriter{w: bw, lineStart: true}
-			n, err := fetchVerified(ctx, cl, id, mw)
+			n, _, err := fetchVerified(ctx, cl, id, part, mw)
 			if err != nil {
 				return err
 			}

@@ -119,6 +119,16 @@ func (a *cliArchive) OpenRaw(ctx context.Context, id string) (io.ReadCloser, int
 	return io.NopCloser(bytes.NewReader(b)), int64(len(b)), nil
 }
 
+// OpenPart serves every message whole: the fake holds no journal reports
+// (TestRawJournalParts uses a real archive).
+func (a *cliArchive) OpenPart(ctx context.Context, id, part string) (io.ReadCloser, archive.PartInfo, error) {
+	rc, size, err := a.OpenRaw(ctx, id)
+	if err != nil {
+		return nil, archive.PartInfo{}, err
+	}
+	return rc, archive.PartInfo{Part: archive.PartMessage, Size: size, SHA256: id, ContentType: "message/rfc822"}, nil
+}
+
 func (a *cliArchive) Digest(ctx context.Context) (archive.Digest, error) {
 	return archive.Digest{Count: len(a.msgs), SHA256: strings.Repeat("ab", 32)}, nil
 }

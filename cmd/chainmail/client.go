@@ -162,14 +162,39 @@ func (c *apiClient) digest(ctx context.Context) (archive.Digest, error) {
 	return d, err
 }
 
-// raw opens a message's bytes; size is the announced Content-Length (-1
-// if the server sent none). The caller closes the body.
-func (c *apiClient) raw(ctx context.Context, id string) (body io.ReadCloser, size int64, err error) {
-	resp, err := c.do(ctx, "/api/v1/archive/messages/"+url.PathEscape(id)+"/raw", nil)
-	if err != nil {
-		return nil, 0, err
+// download is an open /raw answer.
+type download struct {
+	body io.ReadCloser
+	size int64 // the announced Content-Length, -1 if none
+	// part is X-Chainmail-Part: original, report, decrypted or message
+	// ("" from a node older than the header).
+	part string
+	// sum is the SHA-256 the body must have: the ETag for an original or
+	// a decrypted copy, else the id.
+	sum string
+}
+
+// raw opens a message's bytes, or a part of a journal report (part is
+// original, report, decrypted, or "" for the node's default, the
+// original). The caller closes the body.
+func (c *apiClient) raw(ctx context.Context, id, part string) (*download, error) {
+	var q url.Values
+	if part != "" {
+		q = url.Values{"part": {part}}
 	}
-	return resp.Body, resp.ContentLength, nil
+	resp, err := c.do(ctx, "/api/v1/archive/messages/"+url.PathEscape(id)+"/raw", q)
+	if err != nil {
+		return nil, err
+	}
+	d := &download{body: resp.Body, size: resp.ContentLength, part: resp.Header.Get("X-Chainmail-Part"), sum: id}
+	if d.part == "original" || d.part == "decrypted" {
+		d.sum = strings.Trim(resp.Header.Get("ETag"), `"`)
+		if _, err := checkID(d.sum); err != nil {
+			resp.Body.Close()
+			return nil, fmt.Errorf("download %s: the node sent the %s without its SHA-256 (ETag %q)", id, d.part, d.sum)
+		}
+	}
+	return d, nil
 }
 
 // searchAll calls fn for every hit of q, following the cursors. It stops
