@@ -47,6 +47,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 1
 	}
 	log := newLogger(cfg.Log, stderr)
+	tuneGC()
 	stopProfile, err := startCPUProfile(stderr)
 	if err != nil {
 		log.WithError(err).Error("cpu profile")
