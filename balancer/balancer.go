@@ -25,7 +25,7 @@ type Dialer interface {
 // Options are the balancer's dependencies. The zero value is usable: no
 // log output, the real clock, a plain *net.Dialer.
 type Options struct {
-	Logger logrus.FieldLogger
+	Logger *logrus.Logger
 	Clock  Clock
 	Dialer Dialer
 	// Seed seeds random-two's choices; 0 picks a random seed.
@@ -35,7 +35,7 @@ type Options struct {
 // Balancer is a running balancer tier: frontends, pools, health checks and
 // the admin endpoint. Create it with New, then call Run exactly once.
 type Balancer struct {
-	log     logrus.FieldLogger
+	log     *logrus.Entry
 	clock   Clock
 	dialer  Dialer
 	seed    uint64
@@ -62,6 +62,8 @@ type Balancer struct {
 	liveMu sync.Mutex
 	live   map[*session]struct{}
 
+	readers sync.Pool // *bufio.Reader for greetings, replyBufSize each
+
 	loops    sync.WaitGroup // accept loops, checkers, admin server
 	sessions sync.WaitGroup
 }
@@ -73,7 +75,6 @@ func New(cfg *Config, opts Options) (*Balancer, error) {
 		return nil, err
 	}
 	b := &Balancer{
-		log:       opts.Logger,
 		clock:     opts.Clock,
 		dialer:    opts.Dialer,
 		seed:      opts.Seed,
@@ -84,17 +85,19 @@ func New(cfg *Config, opts Options) (*Balancer, error) {
 		live:      map[*session]struct{}{},
 		runCtx:    context.Background(),
 	}
-	if b.log == nil {
-		l := logrus.New()
-		l.SetOutput(io.Discard)
-		b.log = l
+	logger := opts.Logger
+	if logger == nil {
+		logger = logrus.New()
+		logger.SetOutput(io.Discard)
 	}
-	b.log = b.log.WithField("component", "balancer")
+	b.log = logger.WithField("component", "balancer")
 	if b.clock == nil {
 		b.clock = realClock{}
 	}
 	if b.dialer == nil {
-		b.dialer = &net.Dialer{}
+		// No TCP keepalive: the idle timeout finds dead peers, and the
+		// keepalive setup costs four system calls per connection.
+		b.dialer = &net.Dialer{KeepAlive: -1}
 	}
 	if b.seed == 0 {
 		b.seed = rand.Uint64()
@@ -375,9 +378,11 @@ type frontend struct {
 }
 
 // listenFrontend binds a frontend. A plain listen: no TCP_DEFER_ACCEPT,
-// since an SMTP client waits for the server to speak first.
+// since an SMTP client waits for the server to speak first; no TCP
+// keepalive on accepted connections, the idle timeout covers dead peers.
 func listenFrontend(fc FrontendConfig) (*frontend, error) {
-	ln, err := net.Listen("tcp", fc.Address)
+	lc := net.ListenConfig{KeepAlive: -1}
+	ln, err := lc.Listen(context.Background(), "tcp", fc.Address)
 	if err != nil {
 		return nil, fmt.Errorf("balancer: listen frontend %s: %w", fc.Name, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -109,7 +110,10 @@ func (b *Balancer) serve(fe *frontend, sess *session) {
 	client := sess.client
 	defer client.Close()
 	fc := fe.cfg.Load()
-	log := b.log.WithFields(logrus.Fields{"frontend": fe.name, "pool": fc.Pool, "client": client.RemoteAddr().String()})
+	log := func(f logrus.Fields) *logrus.Entry { // built only when a line is written
+		f["frontend"], f["pool"], f["client"] = fe.name, fc.Pool, client.RemoteAddr().String()
+		return b.log.WithFields(f)
+	}
 	n := fe.active.Add(1)
 	defer fe.active.Add(-1)
 	fe.sessions.Add(1)
@@ -117,7 +121,7 @@ func (b *Balancer) serve(fe *frontend, sess *session) {
 	if fc.MaxSessions > 0 && n > int64(fc.MaxSessions) {
 		fe.rejected.Add(1)
 		reject(client, "too many sessions, try again later")
-		log.WithFields(logrus.Fields{"result": resultMaxSessions, "duration": time.Since(start).Seconds()}).Warn("session")
+		log(logrus.Fields{"result": resultMaxSessions, "duration": time.Since(start).Seconds()}).Warn("session")
 		return
 	}
 	p := b.pool(fc.Pool)
@@ -126,7 +130,7 @@ func (b *Balancer) serve(fe *frontend, sess *session) {
 		if p = b.pool(fc.Pool); p == nil {
 			fe.noServer.Add(1)
 			reject(client, "no server available, try again later")
-			log.WithFields(logrus.Fields{"result": resultNoServer, "duration": time.Since(start).Seconds()}).Warn("session")
+			log(logrus.Fields{"result": resultNoServer, "duration": time.Since(start).Seconds()}).Warn("session")
 			return
 		}
 	}
@@ -134,19 +138,19 @@ func (b *Balancer) serve(fe *frontend, sess *session) {
 	key := clientKey(client.RemoteAddr())
 	var tried []*server
 	var lastErr error = errNoServer
-	for len(tried) < tries {
+	for len(tried) < tries && !sess.wasKilled() {
 		s, err := p.acquire(b.hardCtx, key, tried, fc.QueueTimeout)
 		if err != nil {
 			lastErr = err
 			break
 		}
 		tried = append(tried, s)
-		backend, greeting, kind, err := b.connect(b.hardCtx, s, client, proxy, fc)
+		backend, greeting, kind, err := b.connect(s, client, proxy, fc)
 		if err != nil {
 			out := p.tryFailed(s, kind, err)
 			p.release(s)
 			lastErr = err
-			tl := log.WithFields(logrus.Fields{"server": s.name, "try": len(tried), "error": err.Error(), "failure": kind})
+			tl := log(logrus.Fields{"server": s.name, "try": len(tried), "error": err.Error(), "failure": kind})
 			tl.Warn("server try failed")
 			if out {
 				tl.Warn("server marked unavailable")
@@ -154,7 +158,7 @@ func (b *Balancer) serve(fe *frontend, sess *session) {
 			continue
 		}
 		if p.tryOK(s) {
-			log.WithField("server", s.name).Info("server available again")
+			log(logrus.Fields{"server": s.name}).Info("server available again")
 		}
 		in, out, result := b.relay(sess, backend, greeting, fc.IdleTimeout)
 		p.release(s)
@@ -162,15 +166,17 @@ func (b *Balancer) serve(fe *frontend, sess *session) {
 		s.bytesOut.Add(out)
 		fe.bytesIn.Add(in)
 		fe.bytesOut.Add(out)
-		log.WithFields(logrus.Fields{
-			"server": s.name, "tries": len(tried), "bytes_in": in, "bytes_out": out,
-			"duration": time.Since(start).Seconds(), "result": result,
-		}).Info("session")
+		if b.log.Logger.IsLevelEnabled(logrus.InfoLevel) {
+			log(logrus.Fields{
+				"server": s.name, "tries": len(tried), "bytes_in": in, "bytes_out": out,
+				"duration": time.Since(start).Seconds(), "result": result,
+			}).Info("session")
+		}
 		return
 	}
 	fe.noServer.Add(1)
 	reject(client, "no server available, try again later")
-	log.WithFields(logrus.Fields{
+	log(logrus.Fields{
 		"tries": len(tried), "duration": time.Since(start).Seconds(), "result": resultNoServer, "error": lastErr.Error(),
 	}).Warn("session")
 }
@@ -203,25 +209,35 @@ func clientKey(a net.Addr) []byte {
 // (before any greeting is awaited) and reads the server's greeting. It
 // returns the connection and the bytes to relay to the client once the
 // greeting is a 220; otherwise the failure's kind and cause.
-func (b *Balancer) connect(ctx context.Context, s *server, client net.Conn, proxy string, fc *FrontendConfig) (net.Conn, []byte, string, error) {
+func (b *Balancer) connect(s *server, client net.Conn, proxy string, fc *FrontendConfig) (net.Conn, []byte, string, error) {
 	hdr, err := proxyHeader(proxy, client.RemoteAddr(), client.LocalAddr())
 	if err != nil {
 		return nil, nil, failConnect, fmt.Errorf("build PROXY header: %w", err)
 	}
-	dctx, cancel := context.WithTimeout(ctx, fc.ConnectTimeout)
+	// Not derived from hardCtx: a forced stop closes the client, and the
+	// session checks for that between tries; connect_timeout bounds this.
+	dctx, cancel := context.WithTimeout(context.Background(), fc.ConnectTimeout)
 	conn, err := b.dialer.DialContext(dctx, "tcp", s.addr)
 	cancel()
 	if err != nil {
 		return nil, nil, failConnect, err
 	}
-	conn.SetDeadline(time.Now().Add(fc.GreetingTimeout))
+	conn.SetReadDeadline(time.Now().Add(fc.GreetingTimeout))
 	if hdr != nil {
-		if _, err := conn.Write(hdr); err != nil {
+		if _, err := conn.Write(hdr); err != nil { // a fresh socket's buffer takes it at once
 			conn.Close()
 			return nil, nil, failClosed, fmt.Errorf("write PROXY header: %w", err)
 		}
 	}
-	br := bufio.NewReaderSize(conn, replyBufSize)
+	br, _ := b.readers.Get().(*bufio.Reader)
+	if br == nil {
+		br = bufio.NewReaderSize(conn, replyBufSize)
+	}
+	br.Reset(conn)
+	defer func() {
+		br.Reset(nil)
+		b.readers.Put(br)
+	}()
 	rep, err := readReply(br)
 	if err != nil {
 		conn.Close()
@@ -234,7 +250,7 @@ func (b *Balancer) connect(ctx context.Context, s *server, client net.Conn, prox
 		conn.Close()
 		return nil, nil, failRejected, fmt.Errorf("greeting %.80q", rep.raw)
 	}
-	conn.SetDeadline(time.Time{})
+	conn.SetReadDeadline(time.Time{})
 	greeting := rep.raw
 	if n := br.Buffered(); n > 0 { // nothing should follow a greeting, but keep it if it does
 		extra, _ := br.Peek(n)
@@ -247,7 +263,8 @@ func (b *Balancer) connect(ctx context.Context, s *server, client net.Conn, prox
 // both directions end. Between two *net.TCPConn, io.Copy ends in
 // TCPConn.ReadFrom, which Linux serves with splice(2): the payload never
 // enters user space. Nothing may wrap the connections on this path. An end
-// of input in one direction is passed on as a half-close (FIN).
+// of input in one direction is passed on as a half-close (FIN). The
+// server-to-client direction runs on the session's own goroutine.
 func (b *Balancer) relay(sess *session, backend net.Conn, greeting []byte, idle time.Duration) (in, out int64, result string) {
 	client := sess.client
 	defer backend.Close()
@@ -258,75 +275,102 @@ func (b *Balancer) relay(sess *session, backend net.Conn, greeting []byte, idle 
 		backend.Write([]byte("QUIT\r\n")) // spare the server a lost connection
 		return 0, 0, resultClientGone
 	}
-	out = int64(len(greeting))
-
-	type copied struct {
-		n      int64
-		err    error
-		upward bool
+	var st relayState
+	if idle > 0 {
+		st.watchIdle(client, backend, idle)
 	}
-	done := make(chan copied, 2)
+	up := make(chan error, 1)
 	go func() {
 		n, err := io.Copy(backend, client)
-		closeWrite(backend)
-		done <- copied{n, err, true}
+		in = n
+		if errors.Is(err, os.ErrDeadlineExceeded) && st.downDone.Load() {
+			err = nil // finLinger ran out: the server had closed already
+		}
+		st.upDone.Store(true)
+		switch {
+		case err != nil:
+			client.Close() // unblock the other direction
+			backend.Close()
+		case !st.downDone.Load():
+			closeWrite(backend)
+		}
+		up <- err
 	}()
-	go func() {
-		n, err := io.Copy(client, backend)
+	n, downErr := io.Copy(client, backend)
+	out = int64(len(greeting)) + n
+	st.downDone.Store(true)
+	switch {
+	case downErr != nil:
+		client.Close()
+		backend.Close()
+	case !st.upDone.Load():
 		closeWrite(client)
 		// The server has closed: once the client has seen that, nothing
 		// it sends can matter. Give it finLinger to close its side.
 		client.SetReadDeadline(time.Now().Add(finLinger))
-		done <- copied{n, err, false}
-	}()
+	}
+	upErr := <-up
+	idled := st.stop()
 
-	result = resultOK
-	var tick <-chan time.Time
-	var timer *time.Timer
-	if idle > 0 {
-		timer = time.NewTimer(idle)
-		defer timer.Stop()
-		tick = timer.C
-	}
-	for pending := 2; pending > 0; {
-		select {
-		case c := <-done:
-			pending--
-			if c.upward {
-				in = c.n
-			} else {
-				out += c.n
-			}
-			if c.upward && errors.Is(c.err, os.ErrDeadlineExceeded) {
-				c.err = nil // finLinger: the server had closed already
-			}
-			if c.err != nil {
-				if result == resultOK {
-					result = resultError
-				}
-				client.Close() // unblock the other direction
-				backend.Close()
-			}
-		case <-tick:
-			quiet, known := quietFor(client, backend)
-			if !known || quiet < idle {
-				wait := idle
-				if known {
-					wait = idle - quiet
-				}
-				timer.Reset(max(wait, 10*time.Millisecond))
-				continue
-			}
-			result = resultIdle
-			tick = nil
-			client.Close()
-			backend.Close()
-		}
-	}
-	if sess.wasKilled() {
+	switch {
+	case sess.wasKilled():
 		result = resultShutdown
+	case idled:
+		result = resultIdle
+	case upErr != nil || downErr != nil:
+		result = resultError
+	default:
+		result = resultOK
 	}
 	return in, out, result
+}
+
+// relayState is what the two directions of a relay and its idle watch
+// share.
+type relayState struct {
+	upDone, downDone atomic.Bool
+
+	mu      sync.Mutex // held by the idle check while it runs
+	timer   *time.Timer
+	stopped bool
+	idled   bool
+}
+
+// watchIdle closes both connections once neither peer has sent anything
+// for idle. The check runs from a timer; stop waits for a running one.
+func (st *relayState) watchIdle(client, backend net.Conn, idle time.Duration) {
+	st.timer = time.AfterFunc(idle, func() {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		if st.stopped {
+			return
+		}
+		quiet, known := quietFor(client, backend)
+		if !known || quiet < idle {
+			wait := idle
+			if known {
+				wait = idle - quiet
+			}
+			st.timer.Reset(max(wait, 10*time.Millisecond))
+			return
+		}
+		st.idled = true
+		client.Close()
+		backend.Close()
+	})
+}
+
+// stop ends the idle watch, waiting for a check under way, and reports
+// whether the watch closed the session.
+func (st *relayState) stop() bool {
+	if st.timer == nil {
+		return false
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.stopped = true
+	st.timer.Stop()
+	return st.idled
 }
 
 func closeWrite(c net.Conn) {

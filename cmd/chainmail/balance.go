@@ -45,7 +45,7 @@ func runBalance(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return 1
 	}
 	defer stopProfile()
-	b, err := balancer.New(cfg, balancer.Options{Logger: log})
+	b, err := balancer.New(cfg, balancer.Options{Logger: log.Logger})
 	if err != nil {
 		log.WithError(err).Error("balancer failed to start")
 		return 1
