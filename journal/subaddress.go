@@ -26,22 +26,7 @@ func DecodeSubaddress(rcpt, separator string) (addr string, ok bool) {
 	if separator == "" {
 		separator = DefaultSubaddressSeparator
 	}
-	s := strings.TrimSpace(rcpt)
-	if strings.HasPrefix(s, "<") && strings.HasSuffix(s, ">") {
-		s = strings.TrimSpace(s[1 : len(s)-1])
-	}
-	if strings.HasPrefix(s, "@") {
-		i := strings.IndexByte(s, ':')
-		if i < 0 {
-			return "", false
-		}
-		s = s[i+1:]
-	}
-	at := strings.LastIndexByte(s, '@')
-	if at <= 0 || !validDomain(s[at+1:]) {
-		return "", false
-	}
-	local, ok := unquoteLocal(s[:at])
+	local, _, ok := splitRcpt(rcpt)
 	if !ok {
 		return "", false
 	}
@@ -62,6 +47,53 @@ func DecodeSubaddress(rcpt, separator string) (addr string, ok bool) {
 		lp = quoteLocal(lp)
 	}
 	return lp + "@" + dom, true
+}
+
+// DecodeMailboxSubaddress is DecodeSubaddress for one archive mailbox: it
+// decodes rcpt only when rcpt is mailbox's local part, a separator and an
+// encoded recipient, at mailbox's domain (both compared without regard to
+// case). A listener uses it so that an extension of any other address is
+// left alone.
+func DecodeMailboxSubaddress(rcpt, mailbox, separator string) (addr string, ok bool) {
+	if separator == "" {
+		separator = DefaultSubaddressSeparator
+	}
+	mLocal, mDomain, ok := strings.Cut(mailbox, "@")
+	if !ok || mLocal == "" {
+		return "", false
+	}
+	local, domain, ok := splitRcpt(rcpt)
+	if !ok || !strings.EqualFold(domain, mDomain) || len(local) <= len(mLocal) ||
+		!strings.EqualFold(local[:len(mLocal)], mLocal) || !strings.ContainsRune(separator, rune(local[len(mLocal)])) {
+		return "", false
+	}
+	return DecodeSubaddress(rcpt, separator)
+}
+
+// splitRcpt takes an address as written in a RCPT command apart: angle
+// brackets and a source route (RFC 5321 §4.1.2) are dropped, a quoted
+// local part is unquoted.
+func splitRcpt(rcpt string) (local, domain string, ok bool) {
+	s := strings.TrimSpace(rcpt)
+	if strings.HasPrefix(s, "<") && strings.HasSuffix(s, ">") {
+		s = strings.TrimSpace(s[1 : len(s)-1])
+	}
+	if strings.HasPrefix(s, "@") {
+		i := strings.IndexByte(s, ':')
+		if i < 0 {
+			return "", "", false
+		}
+		s = s[i+1:]
+	}
+	at := strings.LastIndexByte(s, '@')
+	if at <= 0 || !validDomain(s[at+1:]) {
+		return "", "", false
+	}
+	local, ok = unquoteLocal(s[:at])
+	if !ok {
+		return "", "", false
+	}
+	return local, s[at+1:], true
 }
 
 // unquoteLocal undoes RFC 5321 quoting of a local part ("a b"@x). An

@@ -79,3 +79,29 @@ func FuzzDecodeSubaddress(f *testing.F) {
 		}
 	})
 }
+
+func TestDecodeMailboxSubaddress(t *testing.T) {
+	t.Parallel()
+	const mbox = "archive@archive.example"
+	for _, tc := range []struct {
+		rcpt, sep string
+		want      string
+		ok        bool
+	}{
+		{"archive+bob=contoso.example@archive.example", "", "bob@contoso.example", true},
+		{"<Archive+bob=contoso.example@ARCHIVE.example>", "+", "bob@contoso.example", true},
+		{"archive-bob=contoso.example@archive.example", "+-", "bob@contoso.example", true},
+		// The mailbox itself, another mailbox, another domain: as they are.
+		{"archive@archive.example", "+", "", false},
+		{"archivist+bob=contoso.example@archive.example", "+", "", false},
+		{"archiv+bob=contoso.example@archive.example", "+", "", false},
+		{"archive+bob=contoso.example@elsewhere.example", "+", "", false},
+		{"bob+archive=contoso.example@archive.example", "+", "", false},
+		{"archive+bob@archive.example", "+", "", false},
+	} {
+		got, ok := DecodeMailboxSubaddress(tc.rcpt, mbox, tc.sep)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("DecodeMailboxSubaddress(%q, %q) = %q, %v; want %q, %v", tc.rcpt, tc.sep, got, ok, tc.want, tc.ok)
+		}
+	}
+}

@@ -17,6 +17,7 @@ import (
 
 	"chainmail/archive"
 	"chainmail/internal/envelope"
+	"chainmail/journal"
 )
 
 // session is one go-smtp session: from EHLO (or STARTTLS's new EHLO) to
@@ -30,6 +31,9 @@ type session struct {
 	authUser string
 	from     string
 	rcpts    []string
+	// encoded are the RCPT TO addresses the subaddress option decoded
+	// into rcpts, kept as evidence.
+	encoded []string
 	// closeAfterReply is set when the reply to a message says the
 	// connection closes (a 421, or a line too long for go-smtp's reader to
 	// go on). go-smtp writes that reply and then calls Reset, which closes
@@ -70,7 +74,7 @@ func trackedOf(c net.Conn) *trackedConn {
 }
 
 func (s *session) Reset() {
-	s.from, s.rcpts = "", nil
+	s.from, s.rcpts, s.encoded = "", nil, nil
 	s.leaveData()
 	if s.closeAfterReply.Load() {
 		// Under go-smtp's connection lock: close the gate's connection,
@@ -105,13 +109,23 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if opts != nil && opts.Size > int64(cfg.MaxMessageSize) {
 		return replyTooBig
 	}
-	s.from, s.rcpts = from, nil
+	s.from, s.rcpts, s.encoded = from, nil, nil
 	return nil
 }
 
 func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if to == "" || strings.ContainsAny(to, " \t\r\n") {
 		return replyBadAddress
+	}
+	if sa := s.l.cfg.Subaddress; sa != nil {
+		// archive+bob=contoso.example@archive.example is archived as sent
+		// to bob@contoso.example (Postfix recipient_bcc_maps).
+		// A decoded address is sent on to peers as a RCPT TO: one
+		// with white space in it stays encoded.
+		if rcpt, ok := journal.DecodeMailboxSubaddress(to, sa.Mailbox, sa.Delimiter); ok && !strings.ContainsAny(rcpt, " \t") {
+			s.encoded = append(s.encoded, to)
+			to = rcpt
+		}
 	}
 	s.rcpts = append(s.rcpts, to)
 	return nil
@@ -137,10 +151,11 @@ func (s *session) Data(r io.Reader) error {
 		log.WithField("bad_trace", res.BadTrace).Warn("unparseable X-Chainmail-Trace fields dropped")
 	}
 	it := &archive.Item{
-		Hash:     res.Hash,
-		Body:     res.Body,
-		Envelope: envelope.Envelope{MailFrom: s.from, RcptTo: s.rcpts},
-		Trace:    res.Trace,
+		Hash:          res.Hash,
+		Body:          res.Body,
+		Envelope:      envelope.Envelope{MailFrom: s.from, RcptTo: s.rcpts},
+		EncodedRcptTo: s.encoded,
+		Trace:         res.Trace,
 		Receipt: envelope.Receipt{
 			Node: l.deps.Node, Listener: l.cfg.Name,
 			ClientIP: s.conn.remote.Addr().String(), ClientPort: int(s.conn.remote.Port()), ProxiedBy: s.conn.proxiedBy,

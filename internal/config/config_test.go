@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -189,4 +190,40 @@ func FuzzParse(f *testing.F) {
 			t.Fatal("empty error text")
 		}
 	})
+}
+
+func TestSubaddress(t *testing.T) {
+	const base = `node: a
+listeners:
+  - name: journal
+    address: 127.0.0.1:2525
+    subaddress: %s
+routes: [{name: r, from: [journal], actions: [archive]}]
+`
+	var n Node
+	if err := Parse("ok.yaml", []byte(fmt.Sprintf(base, `{mailbox: archive@archive.example, delimiter: "+-"}`)), &n); err != nil {
+		t.Fatal(err)
+	}
+	if sa := n.Listeners[0].Subaddress; sa == nil || sa.Mailbox != "archive@archive.example" || sa.Delimiter != "+-" {
+		t.Fatalf("decoded %+v", n.Listeners[0].Subaddress)
+	}
+	if err := Parse("ok.yaml", []byte(fmt.Sprintf(base, `{mailbox: archive@archive.example}`)), &Node{}); err != nil {
+		t.Fatalf("default delimiter: %v", err)
+	}
+	for _, tc := range []struct{ value, want string }{
+		{`{delimiter: "+"}`, `bad.yaml:5: listeners[0].subaddress.mailbox: required`},
+		{`{mailbox: archive}`, `listeners[0].subaddress.mailbox: want an address like archive@archive.example (got "archive")`},
+		{`{mailbox: "a b@x.example"}`, `listeners[0].subaddress.mailbox: want an address`},
+		{`{mailbox: archive+x@archive.example}`, `listeners[0].subaddress.mailbox: the local part "archive+x" contains the delimiter "+"`},
+		{`{mailbox: archive@archive..example}`, `listeners[0].subaddress.mailbox: invalid domain`},
+		{`{mailbox: archive@archive.example, delimiter: "="}`, `listeners[0].subaddress.delimiter: '=' cannot separate an extension`},
+		{`{mailbox: archive@archive.example, delimiter: "x"}`, `listeners[0].subaddress.delimiter: 'x' cannot separate`},
+		{`{mailbox: archive@archive.example, delimiter: "+++++++++"}`, `listeners[0].subaddress.delimiter: at most 8 characters`},
+		{`{mailbox: archive@archive.example, separator: "+"}`, `listeners[0].subaddress.separator: unknown key`},
+	} {
+		err := Parse("bad.yaml", []byte(fmt.Sprintf(base, tc.value)), &Node{})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: want %q, got %v", tc.value, tc.want, err)
+		}
+	}
 }

@@ -47,6 +47,21 @@ type Listener struct {
 	DataTimeout       time.Duration `yaml:"data_timeout" json:"data_timeout"`
 	TLS               *ListenerTLS  `yaml:"tls" json:"tls,omitempty"`
 	Auth              *ListenerAuth `yaml:"auth" json:"auth,omitempty"`
+	// Subaddress decodes journaling sub-addresses in RCPT TO into the
+	// envelope recipients they stand for (Postfix recipient_bcc_maps).
+	Subaddress *ListenerSubaddress `yaml:"subaddress" json:"subaddress,omitempty"`
+}
+
+// ListenerSubaddress: a RCPT TO of Mailbox's local part, the delimiter and
+// an encoded recipient (archive+bob=contoso.example@archive.example, the
+// last "=" standing for the "@") is archived as that recipient
+// (bob@contoso.example); the address as received is kept as evidence.
+// Mailbox itself, and anything not encoded so, is taken as it is.
+type ListenerSubaddress struct {
+	Mailbox string `yaml:"mailbox" json:"mailbox"`
+	// Delimiter is the set of characters that may start the extension,
+	// as Postfix's recipient_delimiter; "" means "+".
+	Delimiter string `yaml:"delimiter" json:"delimiter,omitempty"`
 }
 
 // Defaults are generous for journaling (Exchange reports can be large and
@@ -337,6 +352,9 @@ func (l *Listener) Validate(p *Problems, path string) {
 			p.Add(path+".tls.key", "required")
 		}
 	}
+	if l.Subaddress != nil {
+		l.Subaddress.validate(p, path+".subaddress")
+	}
 	if l.Auth != nil {
 		if len(l.Auth.Users) == 0 {
 			p.Add(path+".auth.users", "required: at least one user")
@@ -353,6 +371,33 @@ func (l *Listener) Validate(p *Problems, path string) {
 		if l.TLS == nil && !l.Auth.AllowInsecure {
 			p.Add(path+".auth", "AUTH without tls would send passwords in clear: configure tls, or set allow_insecure: true")
 		}
+	}
+}
+
+func (sa *ListenerSubaddress) validate(p *Problems, path string) {
+	delim := sa.Delimiter
+	if delim == "" {
+		delim = "+"
+	}
+	if len(delim) > 8 {
+		p.Add(path+".delimiter", "at most 8 characters (got %q)", sa.Delimiter)
+	}
+	for _, c := range delim {
+		if c <= ' ' || c >= 0x7f || strings.ContainsRune(`@="\<>()[],;:.`, c) || ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z') || ('0' <= c && c <= '9') {
+			p.Add(path+".delimiter", "%q cannot separate an extension: use characters such as + or - (got %q)", c, sa.Delimiter)
+			break
+		}
+	}
+	local, domain, ok := strings.Cut(sa.Mailbox, "@")
+	switch {
+	case sa.Mailbox == "":
+		p.Add(path+".mailbox", "required: the archive address the sub-addresses extend (archive@archive.example)")
+	case !ok || local == "" || domain == "" || strings.ContainsAny(sa.Mailbox, " \t\"<>()[],;:") || strings.Count(sa.Mailbox, "@") != 1:
+		p.Add(path+".mailbox", "want an address like archive@archive.example (got %q)", sa.Mailbox)
+	case strings.ContainsAny(local, delim):
+		p.Add(path+".mailbox", "the local part %q contains the delimiter %q; give the address without an extension", local, delim)
+	case strings.HasPrefix(domain, ".") || strings.HasSuffix(domain, ".") || strings.Contains(domain, ".."):
+		p.Add(path+".mailbox", "invalid domain %q", domain)
 	}
 }
 
