@@ -97,12 +97,20 @@
 // stores (after chainmail's trace headers are removed, DESIGN.md), not the
 // bytes on the wire, or the offsets will not match what is served.
 //
+// # Reports that bounced
+//
+// A report the journaling mailbox refused comes back, as a non-delivery
+// report, to Exchange's alternate journaling mailbox. UnwrapNDR finds the
+// report inside such an NDR, and the recipients it failed for, so that
+// chainmail import can archive what should have arrived.
+//
 // # Postfix sub-address journaling
 //
 // With Postfix, recipient_bcc_maps can send a copy of each message to an
 // archive address carrying the real recipient in its extension,
 // archive+bob=contoso.example@archive.example. DecodeSubaddress recovers
-// bob@contoso.example from the envelope recipient.
+// bob@contoso.example from the envelope recipient; DecodeMailboxSubaddress
+// does so only for the extensions of one archive mailbox.
 //
 // # Invariants
 //
