@@ -21,7 +21,7 @@ func TestUnwrapNDR(t *testing.T) {
 		{file: "ndr/report.eml", rcpts: []string{"journal@archive.example", "journal2@archive.example"}},
 		{file: "ndr/report-base64.eml", rcpts: []string{"journal@archive.example"}, encoding: "base64"},
 		{file: "ndr/headers-only.eml", err: ErrNotNDR},
-		{file: "basic.eml", err: ErrNotNDR},     // a report, not bounced
+		{file: "basic.eml", err: ErrNotNDR},      // a report, not bounced
 		{file: "not-report.eml", err: ErrNotNDR}, // ordinary mail
 	} {
 		t.Run(tc.file, func(t *testing.T) {
