@@ -445,7 +445,8 @@ func TestPauseAndResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	close(hold)
-	s := f.waitState("peer-b", forwarder.StatePaused)
+	f.waitState("peer-b", forwarder.StatePaused)
+	s := f.status("peer-b") // read after the state: Status reads the queue first
 	if got := peer.Mails(); got != 1 || len(peer.Accepted()) != 1 || s.QueueDepth != 4 {
 		t.Fatalf("after pause: %d transactions, %d accepted, %d queued; want 1, 1, 4", got, len(peer.Accepted()), s.QueueDepth)
 	}
@@ -622,7 +623,11 @@ func TestUnreadableMessageIsNeverSentEmpty(t *testing.T) {
 	testutil.WaitFor(t, wait, "x's failed attempt", func() bool { return n.entries("peer-b", false)[x.hash].Attempts == 1 })
 	// A local fault is the message's failed attempt, not the peer's: the
 	// others go through and the connection stays up.
-	s := f.waitState("peer-b", forwarder.StateUp)
+	var s forwarder.Status
+	testutil.WaitFor(t, wait, "the others delivered", func() bool {
+		s = f.status("peer-b")
+		return s.State == forwarder.StateUp && s.QueueDepth == 1
+	})
 	n.checkDelivered(peer, ms[0], ms[2])
 	if e := n.entries("peer-b", false)[x.hash]; !strings.Contains(e.LastError, "disk read error") {
 		t.Errorf("x's last_error %q, want the read error", e.LastError)

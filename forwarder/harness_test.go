@@ -150,6 +150,7 @@ func (n *node) deps(q forwarder.Queue, a forwarder.Archive) forwarder.Deps {
 	log := logrus.New()
 	log.SetOutput(n.logs)
 	log.SetLevel(logrus.DebugLevel)
+	log.SetFormatter(&logrus.TextFormatter{TimestampFormat: "15:04:05.000000", FullTimestamp: true})
 	if q == nil {
 		q = n.q
 	}
