@@ -129,6 +129,8 @@ type Server struct {
 	// healthTimeout bounds a health-check run (a field so tests can
 	// shorten it).
 	healthTimeout time.Duration
+	// console is the HTML console (console.go).
+	console *console
 }
 
 // New checks opts and builds the Server with its routes; it registers the
@@ -221,6 +223,10 @@ func (s *Server) routes() {
 	for _, action := range []string{"retry", "purge", "pause", "resume"} {
 		s.handle("POST", "/api/v1/connections/{name}/"+action, accessAPI, s.handleConnectionAction(action))
 	}
+
+	// The HTML console (console.go, docs/console.md): session cookies,
+	// not tokens, and the same operations as the routes above.
+	s.consoleRoutes()
 
 	// Unknown API paths answer 404 only to an authenticated caller, so the
 	// path space cannot be probed anonymously.
@@ -315,6 +321,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		BaseContext:       func(net.Listener) context.Context { return base },
 		ErrorLog:          log.New(errLog, "", 0),
 	}
+	// The console's traffic sampler runs while the server does.
+	samplerCtx, stopSampler := context.WithCancel(ctx)
+	defer stopSampler()
+	waitSampler := s.console.startSampler(samplerCtx)
+	defer waitSampler()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	s.log.WithField("address", ln.Addr().String()).Info("web: listening")

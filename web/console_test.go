@@ -1,0 +1,582 @@
+package web
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"chainmail/internal/config"
+	"chainmail/internal/liveconfig"
+	"chainmail/internal/store"
+)
+
+// consoleNode is a Server with a real live configuration (bbolt in a
+// temporary directory, no applier: changes are validated, persisted and
+// audited but start nothing) behind an httptest server.
+type consoleNode struct {
+	s     *Server
+	srv   *httptest.Server
+	clock *fakeClock
+	live  *liveconfig.Manager
+}
+
+const consoleFile = `node: a
+data_dir: /tmp/unused
+listeners:
+  - {name: journal, address: "127.0.0.1:2525"}
+routes:
+  - {name: journal, from: [journal], actions: [archive]}
+`
+
+func newConsoleNode(t *testing.T, edit func(*Options)) *consoleNode {
+	t.Helper()
+	db, err := store.Open(filepath.Join(t.TempDir(), "chainmail.db"), store.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	var file config.Node
+	if err := config.Parse("test.yaml", []byte(consoleFile), &file); err != nil {
+		t.Fatal(err)
+	}
+	live, _, _, err := liveconfig.Open(db, &file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := newFakeClock()
+	s := newTestServer(t, newFakeArchive([]byte("Subject: hello\r\n\r\nbody\r\n")), func(o *Options) {
+		o.Config = live
+		o.Now = clock.Now
+		if edit != nil {
+			edit(o)
+		}
+	})
+	n := &consoleNode{s: s, srv: httptest.NewServer(s.Handler()), clock: clock, live: live}
+	t.Cleanup(n.srv.Close)
+	return n
+}
+
+// browser is an HTTP client with a cookie jar that does not follow
+// redirects, so tests see each answer.
+type browser struct {
+	t    *testing.T
+	base string
+	c    *http.Client
+}
+
+func (n *consoleNode) browser(t *testing.T) *browser {
+	jar, _ := cookiejar.New(nil)
+	return &browser{t: t, base: n.srv.URL, c: &http.Client{
+		Jar:           jar,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}}
+}
+
+type answer struct {
+	code int
+	body string
+	h    http.Header
+}
+
+func (b *browser) get(path string) answer {
+	b.t.Helper()
+	return b.do("GET", path, nil, nil)
+}
+
+// post sends a form as a browser does: with its Origin.
+func (b *browser) post(path string, form url.Values) answer {
+	b.t.Helper()
+	return b.do("POST", path, form, http.Header{"Origin": {b.base}})
+}
+
+func (b *browser) do(method, path string, form url.Values, h http.Header) answer {
+	b.t.Helper()
+	var body io.Reader
+	if form != nil {
+		body = strings.NewReader(form.Encode())
+	}
+	req, err := http.NewRequest(method, b.base+path, body)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	if form != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	for k, v := range h {
+		req.Header[k] = v
+	}
+	resp, err := b.c.Do(req)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	return answer{code: resp.StatusCode, body: string(out), h: resp.Header}
+}
+
+var csrfRE = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
+
+// csrf is the first CSRF token of a page.
+func csrf(t *testing.T, page string) string {
+	t.Helper()
+	m := csrfRE.FindStringSubmatch(page)
+	if m == nil {
+		t.Fatalf("no CSRF token in page:\n%s", page)
+	}
+	return m[1]
+}
+
+// login logs in and returns the session's CSRF token.
+func (b *browser) login(user, pass string) string {
+	b.t.Helper()
+	page := b.get("/login")
+	a := b.post("/login", url.Values{"csrf": {csrf(b.t, page.body)}, "user": {user}, "password": {pass}, "next": {"/"}})
+	if a.code != http.StatusSeeOther {
+		b.t.Fatalf("login as %s: %d\n%s", user, a.code, a.body)
+	}
+	return csrf(b.t, b.get("/").body)
+}
+
+func TestConsoleNoSessionGoesToLogin(t *testing.T) {
+	t.Parallel()
+	n := newConsoleNode(t, nil)
+	b := n.browser(t)
+	for _, path := range []string{"/", "/archive?q=x", "/listeners", "/connections/peer", "/audit", "/archive/" + strings.Repeat("a", 64) + "/raw"} {
+		a := b.get(path)
+		if a.code != http.StatusSeeOther || a.h.Get("Location") != "/login?next="+url.QueryEscape(path) {
+			t.Errorf("GET %s without a session: %d Location %q", path, a.code, a.h.Get("Location"))
+		}
+	}
+	if a := b.post("/listeners/new", url.Values{"name": {"x"}}); a.code != http.StatusSeeOther || a.h.Get("Location") != "/login" {
+		t.Errorf("POST without a session: %d %q", a.code, a.h.Get("Location"))
+	}
+	// A console session is not an API credential: the API still wants a
+	// token (and the console cookie is not a way around CSRF on it).
+	b.login("admin", "right-password")
+	if a := b.get("/api/v1/node"); a.code != http.StatusUnauthorized {
+		t.Errorf("API with only a session cookie: %d", a.code)
+	}
+	req, _ := http.NewRequest("GET", n.srv.URL+"/api/v1/node", nil)
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Errorf("API with a token: %v %v", resp.StatusCode, err)
+	}
+	resp.Body.Close()
+}
+
+func TestConsoleLoginAndLogout(t *testing.T) {
+	t.Parallel()
+	n := newConsoleNode(t, nil)
+	b := n.browser(t)
+	page := b.get("/login?next=/audit")
+	if page.code != 200 || !strings.Contains(page.body, `<label for="user">User</label>`) {
+		t.Fatalf("login page: %d\n%s", page.code, page.body)
+	}
+	tok := csrf(t, page.body)
+	a := b.post("/login", url.Values{"csrf": {tok}, "user": {"admin"}, "password": {"wrong"}, "next": {"/audit"}})
+	if a.code != http.StatusUnauthorized || !strings.Contains(a.body, "Wrong user name or password") {
+		t.Fatalf("wrong password: %d\n%s", a.code, a.body)
+	}
+	a = b.post("/login", url.Values{"csrf": {tok}, "user": {"admin"}, "password": {"right-password"}, "next": {"/audit"}})
+	if a.code != http.StatusSeeOther || a.h.Get("Location") != "/audit" {
+		t.Fatalf("login: %d %q", a.code, a.h.Get("Location"))
+	}
+	cookie := ""
+	for _, c := range a.h.Values("Set-Cookie") {
+		if strings.HasPrefix(c, "chainmail_a=") {
+			cookie = c
+		}
+	}
+	for _, want := range []string{"chainmail_a=", "HttpOnly", "SameSite=Strict", "Path=/"} {
+		if !strings.Contains(cookie, want) {
+			t.Errorf("session cookie %q lacks %s", cookie, want)
+		}
+	}
+	if strings.Contains(cookie, "Secure") {
+		t.Errorf("session cookie over plain HTTP is Secure (the browser would drop it): %q", cookie)
+	}
+	if n.s.console.sessions.Len() != 1 {
+		t.Errorf("sessions: %d", n.s.console.sessions.Len())
+	}
+	// An open redirect is not followed after login.
+	if got := safeNext("//evil.example/"); got != "/" {
+		t.Errorf("safeNext(//evil.example/) = %q", got)
+	}
+
+	dash := b.get("/")
+	if dash.code != 200 || !strings.Contains(dash.body, "Log out") {
+		t.Fatalf("dashboard: %d", dash.code)
+	}
+	// Logout needs the token too, then ends the session on the server.
+	if a := b.post("/logout", url.Values{}); a.code != http.StatusForbidden {
+		t.Errorf("logout without CSRF: %d", a.code)
+	}
+	if a := b.post("/logout", url.Values{"csrf": {csrf(t, dash.body)}}); a.code != http.StatusSeeOther {
+		t.Errorf("logout: %d", a.code)
+	}
+	if n.s.console.sessions.Len() != 0 {
+		t.Error("the session outlived the logout")
+	}
+	if a := b.get("/"); a.code != http.StatusSeeOther {
+		t.Errorf("after logout: %d", a.code)
+	}
+}
+
+func TestConsoleSecureCookieOverTLS(t *testing.T) {
+	t.Parallel()
+	n := newConsoleNode(t, nil)
+	srv := httptest.NewTLSServer(n.s.Handler())
+	defer srv.Close()
+	jar, _ := cookiejar.New(nil)
+	c := srv.Client()
+	c.Jar = jar
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	c.Transport.(*http.Transport).TLSClientConfig = &tls.Config{InsecureSkipVerify: true}
+	b := &browser{t: t, base: srv.URL, c: c}
+	page := b.get("/login")
+	if !strings.Contains(page.h.Get("Set-Cookie"), "Secure") {
+		t.Errorf("login-token cookie over TLS is not Secure: %q", page.h.Get("Set-Cookie"))
+	}
+	a := b.post("/login", url.Values{"csrf": {csrf(t, page.body)}, "user": {"admin"}, "password": {"right-password"}})
+	for _, c := range a.h.Values("Set-Cookie") {
+		if !strings.Contains(c, "Secure") || !strings.Contains(c, "HttpOnly") {
+			t.Errorf("cookie over TLS: %q", c)
+		}
+	}
+	if a.code != http.StatusSeeOther || len(a.h.Values("Set-Cookie")) != 2 {
+		t.Errorf("login over TLS: %d %q", a.code, a.h.Values("Set-Cookie"))
+	}
+}
+
+func TestConsoleCSRF(t *testing.T) {
+	t.Parallel()
+	n := newConsoleNode(t, nil)
+	b := n.browser(t)
+	tok := b.login("admin", "right-password")
+	form := func(extra url.Values) url.Values {
+		v := url.Values{"name": {"extra"}, "address": {"127.0.0.1:2526"}, "route_actions": {"archive"}}
+		for k, x := range extra {
+			v[k] = x
+		}
+		return v
+	}
+	cases := []struct {
+		name   string
+		form   url.Values
+		header http.Header
+	}{
+		{"missing", form(nil), http.Header{"Origin": {b.base}}},
+		{"wrong", form(url.Values{"csrf": {"A" + tok[1:]}}), http.Header{"Origin": {b.base}}},
+		{"another origin", form(url.Values{"csrf": {tok}}), http.Header{"Origin": {"http://evil.example"}}},
+		{"another referer", form(url.Values{"csrf": {tok}}), http.Header{"Referer": {"http://evil.example/x"}}},
+	}
+	for _, tc := range cases {
+		a := b.do("POST", "/listeners/new", tc.form, tc.header)
+		if a.code != http.StatusForbidden {
+			t.Errorf("%s CSRF token: %d", tc.name, a.code)
+		}
+	}
+	if _, err := n.live.Get("listeners", "extra"); err == nil {
+		t.Fatal("a refused form changed the configuration")
+	}
+	// The login form has its own (double-submit) token.
+	other := n.browser(t)
+	if a := other.post("/login", url.Values{"user": {"admin"}, "password": {"right-password"}}); a.code != http.StatusForbidden {
+		t.Errorf("login without its token: %d", a.code)
+	}
+	// With the token the same form goes through.
+	if a := b.post("/listeners/new", form(url.Values{"csrf": {tok}})); a.code != http.StatusSeeOther {
+		t.Fatalf("valid form: %d\n%s", a.code, a.body)
+	}
+	if _, err := n.live.Get("listeners", "extra"); err != nil {
+		t.Fatal("the listener was not created")
+	}
+}
+
+func TestConsoleReadOnlySeesButCannotChange(t *testing.T) {
+	t.Parallel()
+	n := newConsoleNode(t, nil)
+	b := n.browser(t)
+	tok := b.login("viewer", "viewer-password")
+	for _, path := range []string{"/", "/listeners", "/routes", "/connections", "/listeners/journal/edit", "/audit", "/archive"} {
+		a := b.get(path)
+		if a.code != 200 {
+			t.Errorf("read-only GET %s: %d", path, a.code)
+		}
+		if strings.Contains(a.body, "Add listener") || strings.Contains(a.body, "Save changes") || strings.Contains(a.body, ">Delete<") {
+			t.Errorf("read-only %s offers a change", path)
+		}
+	}
+	posts := map[string]url.Values{
+		"/listeners/new":             {"name": {"x"}, "address": {"127.0.0.1:2599"}, "route_actions": {"archive"}},
+		"/listeners/journal/disable": {},
+		"/routes/journal/edit":       {"from": {"journal"}, "actions": {"archive"}, "disabled": {"true"}},
+		"/routes/journal/delete":     {},
+	}
+	for path, form := range posts {
+		form.Set("csrf", tok)
+		if a := b.post(path, form); a.code != http.StatusForbidden || !strings.Contains(a.body, "read-only") {
+			t.Errorf("read-only POST %s: %d", path, a.code)
+		}
+	}
+	if audit, _ := n.live.Audit(10); len(audit) != 0 {
+		t.Errorf("read-only changed something: %+v", audit)
+	}
+}
+
+func TestConsoleValidationErrorsBesideFields(t *testing.T) {
+	t.Parallel()
+	n := newConsoleNode(t, nil)
+	b := n.browser(t)
+	tok := b.login("admin", "right-password")
+	a := b.post("/listeners/new", url.Values{
+		"csrf": {tok}, "name": {"extra"}, "address": {"nohost"}, "max_recipients": {"0"}, "route_actions": {"archive"},
+	})
+	if a.code != http.StatusBadRequest {
+		t.Fatalf("invalid listener: %d\n%s", a.code, a.body)
+	}
+	for _, id := range []string{"f-address", "f-max-recipients"} {
+		// The error sits in the field's own block, tied to its input.
+		re := regexp.MustCompile(`(?s)<input[^>]*id="` + id + `"[^>]*aria-invalid="true"[^>]*>\s*<span class="error" id="` + id + `-err">[^<]+</span>`)
+		if !re.MatchString(a.body) {
+			t.Errorf("no error beside %s in:\n%s", id, a.body)
+		}
+	}
+	if !strings.Contains(a.body, `value="nohost"`) || !strings.Contains(a.body, `id="f-max-recipients" name="max_recipients" value="0"`) {
+		t.Error("the form lost what was typed")
+	}
+	if !strings.Contains(a.body, `class="error-summary"`) || !strings.Contains(a.body, `href="#f-address"`) {
+		t.Error("no error summary linking to the fields")
+	}
+
+	// What the decoder refuses is shown beside its field as well.
+	a = b.post("/listeners/new", url.Values{"csrf": {tok}, "name": {"extra"}, "address": {"127.0.0.1:2599"}, "max_sessions": {"many"}, "route_actions": {"archive"}})
+	if a.code != http.StatusBadRequest || !strings.Contains(a.body, `<span class="error" id="f-max-sessions-err">invalid integer &#34;many&#34;</span>`) {
+		t.Errorf("not a number: %d\n%s", a.code, a.body)
+	}
+
+	// A route naming a missing connection: the error is on its actions.
+	a = b.post("/routes/journal/edit", url.Values{"csrf": {tok}, "from": {"journal"}, "actions": {"archive", "forward:nowhere"}})
+	if a.code != http.StatusBadRequest || !strings.Contains(a.body, `id="f-actions-err"`) || !strings.Contains(a.body, "nowhere") {
+		t.Errorf("bad route: %d\n%s", a.code, a.body)
+	}
+	// Deleting the listener a route takes from: refused on the
+	// confirmation page, naming the route.
+	a = b.post("/listeners/journal/delete", url.Values{"csrf": {tok}})
+	if a.code != http.StatusBadRequest || !strings.Contains(a.body, `route &#34;journal&#34;, from[0]`) {
+		t.Errorf("delete of a used listener: %d\n%s", a.code, a.body)
+	}
+	// A valid edit goes through and lands in the audit log with the user.
+	a = b.post("/routes/journal/edit", url.Values{"csrf": {tok}, "from": {"journal"}, "actions": {"archive"}})
+	if a.code != http.StatusSeeOther {
+		t.Fatalf("valid edit: %d\n%s", a.code, a.body)
+	}
+	list, _ := n.live.Audit(1)
+	if len(list) != 1 || list[0].By != "admin" || list[0].Action != "update" {
+		t.Errorf("audit: %+v", list)
+	}
+	if a := b.get("/routes"); !strings.Contains(a.body, `Route &#34;journal&#34; saved.`) {
+		t.Errorf("no notice after saving:\n%s", a.body)
+	}
+	if a := b.get("/audit"); !strings.Contains(a.body, "admin") || !strings.Contains(a.body, "update") {
+		t.Errorf("audit page:\n%s", a.body)
+	}
+}
+
+func TestConsoleLoginRateLimit(t *testing.T) {
+	t.Parallel()
+	n := newConsoleNode(t, func(o *Options) { o.LoginLimit = LoginLimit{Failures: 3, Window: time.Minute} })
+	b := n.browser(t)
+	tok := csrf(t, b.get("/login").body)
+	try := func(pass string) answer {
+		return b.post("/login", url.Values{"csrf": {tok}, "user": {"admin"}, "password": {pass}})
+	}
+	for i := 0; i < 3; i++ {
+		if a := try("wrong"); a.code != http.StatusUnauthorized {
+			t.Fatalf("failure %d: %d", i, a.code)
+		}
+	}
+	a := try("right-password")
+	if a.code != http.StatusTooManyRequests || a.h.Get("Retry-After") != "60" || !strings.Contains(a.body, "Too many failed logins") {
+		t.Fatalf("over the limit, even with the right password: %d %q", a.code, a.h.Get("Retry-After"))
+	}
+	// The API shares the count: the same client is limited there too.
+	req, _ := http.NewRequest("GET", n.srv.URL+"/api/v1/node", nil)
+	req.SetBasicAuth("admin", "right-password")
+	resp, _ := http.DefaultClient.Do(req)
+	if resp.StatusCode != http.StatusTooManyRequests {
+		t.Errorf("API after console failures: %d", resp.StatusCode)
+	}
+	resp.Body.Close()
+	n.clock.Add(time.Minute)
+	if a := try("right-password"); a.code != http.StatusSeeOther {
+		t.Errorf("after the window: %d", a.code)
+	}
+}
+
+func TestConsoleSessionExpires(t *testing.T) {
+	t.Parallel()
+	n := newConsoleNode(t, nil)
+	b := n.browser(t)
+	b.login("admin", "right-password")
+	n.clock.Add(29 * time.Minute)
+	if a := b.get("/"); a.code != 200 {
+		t.Fatalf("within the idle bound: %d", a.code)
+	}
+	n.clock.Add(31 * time.Minute)
+	if a := b.get("/"); a.code != http.StatusSeeOther {
+		t.Fatalf("after 31 idle minutes: %d", a.code)
+	}
+}
+
+// TestConsolePagesSafe renders every page and checks the headers and the
+// markup the CSP relies on: no inline script or style anywhere.
+func TestConsolePagesSafe(t *testing.T) {
+	t.Parallel()
+	n := newConsoleNode(t, nil)
+	b := n.browser(t)
+	b.login("admin", "right-password")
+	id := ""
+	for k := range n.s.opts.Archive.(*fakeArchive).msgs {
+		id = k
+	}
+	inline := regexp.MustCompile(`(?i)<script>|<script[^>]*>[^<]|\sstyle=|\son[a-z]+=|javascript:`)
+	for _, path := range []string{"/", "/listeners", "/listeners/new", "/listeners/journal/edit", "/listeners/journal/delete",
+		"/routes", "/routes/new", "/connections", "/connections/new", "/archive", "/archive?q=hello", "/archive/" + id, "/audit", "/login"} {
+		a := b.get(path)
+		if path == "/login" {
+			continue // a logged-in user is sent on
+		}
+		if a.code != 200 {
+			t.Errorf("GET %s: %d\n%s", path, a.code, a.body)
+			continue
+		}
+		csp := a.h.Get("Content-Security-Policy")
+		if !strings.Contains(csp, "frame-ancestors 'none'") || !strings.Contains(csp, "script-src 'self'") || strings.Contains(csp, "unsafe") {
+			t.Errorf("%s: CSP %q", path, csp)
+		}
+		if a.h.Get("X-Frame-Options") != "DENY" || a.h.Get("X-Content-Type-Options") != "nosniff" || a.h.Get("Cache-Control") != "no-store" {
+			t.Errorf("%s: headers %v", path, a.h)
+		}
+		if m := inline.FindString(a.body); m != "" {
+			t.Errorf("%s: inline code %q", path, m)
+		}
+		if !strings.Contains(a.body, "<h1>") || !strings.Contains(a.body, `<main id="main"`) {
+			t.Errorf("%s: no main heading", path)
+		}
+	}
+	for _, asset := range []string{"/static/console.css", "/static/console.js", "/static/icon.svg"} {
+		a := b.get(asset)
+		if a.code != 200 || a.h.Get("X-Content-Type-Options") != "nosniff" || a.h.Get("Content-Type") == "" {
+			t.Errorf("%s: %d %v", asset, a.code, a.h)
+		}
+	}
+	if a := b.get("/static/../server.go"); a.code == 200 {
+		t.Error("static files escape their directory")
+	}
+}
+
+func TestConsoleChartFromCounters(t *testing.T) {
+	t.Parallel()
+	clock := newFakeClock()
+	s := newTestServer(t, newFakeArchive(), func(o *Options) { o.Now = clock.Now })
+	sessions := promCounter(t, s, metricSessions, "listener")
+	messages := promCounter(t, s, metricMessages, "listener", "result")
+	r := s.console.rates
+	r.sample()
+	for i := 1; i <= 6; i++ {
+		clock.Add(sampleEvery)
+		sessions.WithLabelValues("journal").Add(2)
+		messages.WithLabelValues("journal", "archived").Add(3)
+		messages.WithLabelValues("journal", "rejected").Add(100) // not counted
+		r.sample()
+	}
+	pts := r.points()
+	if len(pts) != 6 || pts[5].Messages != 18 || pts[5].Sessions != 12 {
+		t.Fatalf("points: %+v", pts)
+	}
+	c := makeChart(pts, clock.Now())
+	if c.Empty || strings.Count(c.Messages, ",") != 6 || !strings.Contains(c.Summary, "messages 18 per minute") {
+		t.Errorf("chart: %+v", c)
+	}
+	// Catch-up progress is measured from the highest backlog seen.
+	if p, ok := r.progress("peer", 100); !ok || p != 0 {
+		t.Errorf("progress at the peak: %v %v", p, ok)
+	}
+	if p, _ := r.progress("peer", 25); p != 0.75 {
+		t.Errorf("progress: %v", p)
+	}
+	if _, ok := r.progress("peer", 0); ok {
+		t.Error("an empty queue is catching up")
+	}
+	// Serve owns the sampler and waits for it.
+	ctx, cancel := context.WithCancel(context.Background())
+	wait := s.console.startSampler(ctx)
+	cancel()
+	wait()
+}
+
+func promCounter(t *testing.T, s *Server, name string, labels ...string) *prometheus.CounterVec {
+	t.Helper()
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: "test"}, labels)
+	if err := s.opts.Registry.Register(c); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+const mimeSample = "From: a@example.com\r\nSubject: parts\r\nMIME-Version: 1.0\r\n" +
+	"Content-Type: multipart/mixed; boundary=\"outer\"\r\n\r\n" +
+	"preamble\r\n--outer\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\ncaf=C3=A9\r\n" +
+	"--outer\r\nContent-Type: application/pdf; name=\"=?UTF-8?Q?r=C3=A9sum=C3=A9.pdf?=\"\r\nContent-Disposition: attachment\r\nContent-Transfer-Encoding: base64\r\n\r\nAAECAwQF\r\nBgcICQ==\r\n" +
+	"--outer\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\nContent-Type: multipart/alternative; boundary=in\r\n\r\n" +
+	"--in\r\nContent-Type: text/plain\r\n\r\nhi\r\n--in\r\nContent-Type: text/html\r\n\r\n<p>hi</p>\r\n--in--\r\n" +
+	"\r\n--outer--\r\n"
+
+func TestConsoleMIMEParts(t *testing.T) {
+	t.Parallel()
+	p := listParts(strings.NewReader(mimeSample))
+	if p.ContentType != "multipart/mixed" || len(p.Parts) != 3 || p.Note != "" {
+		t.Fatalf("top: %+v", p)
+	}
+	text, pdf, msg := p.Parts[0], p.Parts[1], p.Parts[2]
+	if text.ContentType != "text/plain" || text.Size != 5 || text.Charset != "utf-8" {
+		t.Errorf("text part: %+v", text)
+	}
+	if pdf.Filename != "résumé.pdf" || pdf.Size != 10 || pdf.Disposition != "attachment" {
+		t.Errorf("attachment: %+v", pdf)
+	}
+	if msg.ContentType != "message/rfc822" || len(msg.Parts) != 1 || len(msg.Parts[0].Parts) != 2 || msg.Parts[0].Parts[1].ContentType != "text/html" {
+		t.Errorf("attached message: %+v", msg)
+	}
+	// Broken input is described, never a failure.
+	for _, in := range []string{"", "no header end", "Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nContent-Type: text/plain\r\n\r\nunterminated",
+		"Content-Type: ;;;\r\n\r\nx", "Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!!"} {
+		if p := listParts(strings.NewReader(in)); p == nil {
+			t.Errorf("%q: nil", in)
+		}
+	}
+}
+
+func FuzzConsoleMIMEParts(f *testing.F) {
+	f.Add([]byte(mimeSample))
+	f.Add([]byte("Content-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\nContent-Type: message/rfc822\r\n\r\n--a--"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p := listParts(strings.NewReader(string(b)))
+		if p == nil {
+			t.Fatal("nil structure")
+		}
+	})
+}
