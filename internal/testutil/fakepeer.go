@@ -170,11 +170,12 @@ func (p *FakePeer) Down() {
 		return
 	}
 	close(stop)
-	srv.Close()
-	ln.Close() // in case Serve had not registered it yet
+	// Not srv.Close: it closes each session from this goroutine, writing
+	// go-smtp's session field that the session's own goroutine reads
+	// unlocked (at EHLO), a data race under -race. Closing the listener
+	// and the sockets lets every session end in its own goroutine.
+	ln.Close()
 	<-done
-	// go-smtp's Close misses a connection accepted but not yet handed to
-	// its handler; closing them all here ends every session.
 	p.mu.Lock()
 	live := make([]*trackedConn, 0, len(p.live))
 	for c := range p.live {
