@@ -38,6 +38,7 @@ type gate struct {
 	mu     sync.Mutex
 	active int
 	perIP  map[netip.Addr]int
+	open   map[*trackedConn]struct{}
 }
 
 func newGate(raw net.Listener, name string, allow, proxyFrom []netip.Prefix, maxConns, maxPerIP int, log *logrus.Entry, m *Metrics) *gate {
@@ -48,6 +49,7 @@ func newGate(raw net.Listener, name string, allow, proxyFrom []netip.Prefix, max
 		done:    make(chan struct{}),
 		vetting: make(chan struct{}, 2*maxConns),
 		perIP:   map[netip.Addr]int{},
+		open:    map[*trackedConn]struct{}{},
 	}
 }
 
@@ -130,9 +132,10 @@ func (g *gate) vet(raw net.Conn) {
 	}
 	g.active++
 	g.perIP[ip]++
+	tc := &trackedConn{Conn: conn, gate: g, ip: ip, remote: remote, proxiedBy: proxiedBy, start: time.Now()}
+	g.open[tc] = struct{}{}
 	g.mu.Unlock()
 	g.metrics.opened(g.name)
-	tc := &trackedConn{Conn: conn, gate: g, ip: ip, remote: remote, proxiedBy: proxiedBy, start: time.Now()}
 	select {
 	case g.conns <- tc:
 	case <-g.done:
@@ -149,8 +152,10 @@ func (g *gate) refuse(c net.Conn, r *smtp.SMTPError, why string) {
 	c.Close()
 }
 
-func (g *gate) release(ip netip.Addr) {
+func (g *gate) release(tc *trackedConn) {
+	ip := tc.ip
 	g.mu.Lock()
+	delete(g.open, tc)
 	g.active--
 	if g.perIP[ip]--; g.perIP[ip] <= 0 {
 		delete(g.perIP, ip)
@@ -208,7 +213,7 @@ type trackedConn struct {
 func (c *trackedConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() {
-		c.gate.release(c.ip)
+		c.gate.release(c)
 		c.gate.metrics.closed(c.gate.name)
 		c.mu.Lock()
 		defer c.mu.Unlock()
@@ -248,4 +253,21 @@ func contains(list []netip.Prefix, a netip.Addr) bool {
 		}
 	}
 	return false
+}
+
+// closeAll closes every admitted connection's socket. Each session's own
+// goroutine then sees the error and ends as it would for a client that
+// went away; nothing else touches go-smtp's session state (go-smtp's
+// Server.Close clears it from the caller's goroutine, racing the session's
+// own reads).
+func (g *gate) closeAll() {
+	g.mu.Lock()
+	conns := make([]*trackedConn, 0, len(g.open))
+	for tc := range g.open {
+		conns = append(conns, tc)
+	}
+	g.mu.Unlock()
+	for _, tc := range conns {
+		tc.Conn.Close()
+	}
 }

@@ -164,7 +164,14 @@ func (l *Listener) Run(ctx context.Context) error {
 	defer cancel()
 	l.waitIdle(grace)
 	l.gate.Close()
-	l.srv.Close()
+	l.gate.closeAll()
+	// Shutdown closes nothing but the (closed) gate and waits for the
+	// session goroutines, which end on their closed sockets.
+	done, cancelWait := context.WithTimeout(context.Background(), 10*time.Second)
+	if err := l.srv.Shutdown(done); err != nil {
+		l.log.WithError(err).Warn("sessions still running after their sockets closed")
+	}
+	cancelWait()
 	<-serveErr
 	l.gate.wg.Wait()
 	l.log.Info("listener stopped")
