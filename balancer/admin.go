@@ -36,6 +36,7 @@ func (b *Balancer) adminHandler() http.Handler {
 	mux.HandleFunc("/api/", b.auth(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint")
 	}))
+	b.consoleRoutes(mux) // console.go: the HTML page over SetServer
 	return mux
 }
 

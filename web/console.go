@@ -37,7 +37,7 @@ type console struct {
 }
 
 func newConsole(s *Server) *console {
-	pages, err := ui.Layout(consoleTemplates, "templates/*.html")
+	pages, err := ui.Layout(consoleTemplates, nil, "templates/*.html")
 	if err != nil {
 		// The templates are embedded: this is a build defect, caught by
 		// every console test.

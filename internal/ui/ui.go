@@ -78,9 +78,10 @@ func Funcs() template.FuncMap {
 }
 
 // Layout parses the shared layout with pages, the page templates of one
-// console (each defines "content"); every page is executed as "layout".
-func Layout(pages fs.FS, patterns ...string) (map[string]*template.Template, error) {
-	base, err := template.New("layout.html").Funcs(Funcs()).ParseFS(files, "layout.html")
+// console (each defines "content"), and the console's own template
+// functions (may be nil); every page is executed as "layout".
+func Layout(pages fs.FS, funcs template.FuncMap, patterns ...string) (map[string]*template.Template, error) {
+	base, err := template.New("layout.html").Funcs(Funcs()).Funcs(funcs).ParseFS(files, "layout.html")
 	if err != nil {
 		return nil, fmt.Errorf("ui: layout: %w", err)
 	}
