@@ -3,6 +3,7 @@ package forwarder
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -171,6 +172,9 @@ func (c *conn) probe(ctx context.Context) error {
 	return nil
 }
 
+// errDefersAll: the peer answered the last messages with 4xx only.
+var errDefersAll = errors.New("peer defers every message")
+
 // errConnection marks an error that takes the whole connection down.
 type errConnection struct{ err error }
 
@@ -314,6 +318,7 @@ func (c *conn) worker(ctx context.Context, fail context.CancelCauseFunc, work <-
 			c.done1(e.Seq)
 			continue
 		}
+		reused := s != nil
 		if s == nil {
 			var err error
 			if s, err = c.dial(ctx); err != nil {
@@ -324,9 +329,28 @@ func (c *conn) worker(ctx context.Context, fail context.CancelCauseFunc, work <-
 			c.sessionCount(1)
 		}
 		err := c.send(ctx, s, e)
-		c.done1(e.Seq)
 		var ce errConnection
+		if reused && errors.As(err, &ce) && !errors.Is(err, errDefersAll) && ctx.Err() == nil {
+			// A session kept open across messages may have been closed
+			// by the peer meanwhile (a restart, its idle timeout): one
+			// fresh session decides whether the peer is really gone. A
+			// resend after a lost reply costs a dedupe at the peer.
+			s.close()
+			c.sessionCount(-1)
+			if s, err = c.dial(ctx); err == nil {
+				c.sessionCount(1)
+				err = c.send(ctx, s, e)
+			} else {
+				s = nil
+				err = errConnection{err}
+			}
+		}
+		c.done1(e.Seq)
 		if errors.As(err, &ce) {
+			if s == nil {
+				fail(err)
+				return
+			}
 			s.close()
 			s = nil
 			c.sessionCount(-1)
@@ -366,7 +390,7 @@ func (c *conn) outcome(ctx context.Context, e queue.Entry, err error) error {
 		// down until a probe succeeds; the counter restarts only with a
 		// message the peer accepts.
 		c.f.deps.Metrics.forwarded(c.cfg.Name, "deferred")
-		return errConnection{errors.New("peer defers every message: " + reason)}
+		return errConnection{fmt.Errorf("%w: %s", errDefersAll, reason)}
 	}
 	attempts := e.Attempts + 1
 	dead := c.cfg.MaxRetries > 0 && attempts >= c.cfg.MaxRetries

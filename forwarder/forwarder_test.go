@@ -758,6 +758,11 @@ func TestPeerRestartWhileUpLosesNothing(t *testing.T) {
 	n.put([]string{"peer-b"}, second...)
 	f.waitDrained("peer-b")
 	n.checkDelivered(peer, append(first, second...)...)
+	// A session the peer closed is replaced at once: the connection never
+	// went down for it.
+	if st := f.status("peer-b"); st.LastError != "" || st.State != forwarder.StateUp {
+		t.Fatalf("after the peer's restart: %+v", st)
+	}
 }
 
 // SetConnections racing the end of Run must neither start a goroutine Run
