@@ -30,6 +30,7 @@ commands:
   check    -c FILE              validate a configuration, print every error
   archive  search|show|raw|export|digest   query a running node's archive
   queue    ls|retry|purge                  a running node's outbound queues
+  import   [--smtp ADDR] PATH...           submit .eml, mbox and Maildir messages to a node's listener
   passwd                        print a bcrypt hash of a password (for auth users)
   version                       print the version
 
@@ -55,6 +56,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return runArchive(ctx, rest, stdout, stderr)
 	case "queue":
 		return runQueue(ctx, rest, stdout, stderr)
+	case "import":
+		return runImport(ctx, rest, stdout, stderr)
 	case "passwd":
 		return runPasswd(rest, os.Stdin, stdout, stderr)
 	case "version", "-version", "--version":
