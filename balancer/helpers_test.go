@@ -125,6 +125,7 @@ func startSink(t testing.TB, ip string) *sink {
 	}
 	cmd := exec.Command(smtpSinkPath, args...)
 	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // even if the test binary dies
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -116,6 +116,7 @@ func startPostfix(t *testing.T) *postfixInstance {
 	p.master.Env = append(os.Environ(), "MAIL_CONFIG="+dir)
 	var out bytes.Buffer
 	p.master.Stdout, p.master.Stderr = &out, &out
+	p.master.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM} // even if the test binary dies
 	if err := p.master.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -52,6 +52,7 @@ func startBalance(t *testing.T, cfg, admin string) *lockedBuffer {
 	out := &lockedBuffer{}
 	cmd := exec.Command(testutil.Binary(t), "balance", "-c", file)
 	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // even if the test binary dies
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

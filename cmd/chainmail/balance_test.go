@@ -71,6 +71,7 @@ func balSink(t *testing.T) string {
 		args = append([]string{"-u", "nobody"}, args...)
 	}
 	cmd := exec.Command(path, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // even if the test binary dies
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -219,6 +220,7 @@ func TestBalanceCommand(t *testing.T) {
 	child := exec.Command(os.Args[0], "-test.run=^TestBalanceHelperProcess$")
 	child.Env = append(os.Environ(), "CHAINMAIL_BALANCE_HELPER=1", "CHAINMAIL_BALANCE_CONFIG="+file)
 	child.Stdout, child.Stderr = io.Discard, &stderr
+	child.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := child.Start(); err != nil {
 		t.Fatal(err)
 	}
