@@ -8,7 +8,8 @@
 # Usage: bench/memory.sh
 # Knobs (environment): CLIENTS=4, MESSAGES=1 (per client), SIZE=52428800
 # (bytes of payload), PORT_BASE=12520 (+5 SMTP, +8 API on 127.0.0.1),
-# KEEP=1 keeps the temporary directory.
+# KEEP=1 keeps the temporary directory, CHAINMAIL_BIN=path measures that
+# binary instead of building one.
 set -euo pipefail
 
 CLIENTS=${CLIENTS:-4}
@@ -43,7 +44,11 @@ if ! command -v smtp-source >/dev/null; then
 	apt-get install -y -q postfix >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q postfix >/dev/null; }
 fi
 
-(cd "$ROOT" && go build -o "$TMP/chainmail" ./cmd/chainmail)
+if [ -n "${CHAINMAIL_BIN:-}" ]; then
+	cp "$CHAINMAIL_BIN" "$TMP/chainmail"
+else
+	(cd "$ROOT" && go build -o "$TMP/chainmail" ./cmd/chainmail)
+fi
 cat >"$TMP/node.yaml" <<CF
 node: bench
 data_dir: $TMP/chainmail-data
