@@ -34,6 +34,7 @@ type searchData struct {
 	First    string // the first page's URL when not on it
 	Error    string // an error not tied to a field
 	Stats    archive.Stats
+	Count    string // "1 message", "3 messages"
 }
 
 var searchForm = []searchField{
@@ -50,6 +51,7 @@ func (c *console) archiveSearch(w http.ResponseWriter, r *http.Request, sess ui.
 	in := r.URL.Query()
 	params := url.Values{}
 	d := searchData{Stats: c.s.opts.Archive.Stats()}
+	d.Count = count(float64(d.Stats.Messages), "message")
 	for _, f := range searchForm {
 		f.ID = "s-" + f.Name
 		f.Value = in.Get(f.Name)
@@ -286,7 +288,11 @@ func (c *console) auditPage(w http.ResponseWriter, r *http.Request, sess ui.Sess
 		}
 	}
 	for _, e := range list.Entries {
-		rows = append(rows, auditRow{At: e.At, By: e.By, Action: e.Action, Kind: e.Kind, Name: e.Name, Changes: changes(e.Before, e.After)})
+		kind := e.Kind
+		if k := kindByName(kind); k.Singular != "" {
+			kind = k.Singular
+		}
+		rows = append(rows, auditRow{At: e.At, By: e.By, Action: e.Action, Kind: kind, Name: e.Name, Changes: changes(e.Before, e.After)})
 	}
 	c.render(w, r, http.StatusOK, "audit", c.page(r, sess, "Audit log", rows))
 }

@@ -52,6 +52,8 @@ type fieldSpec struct {
 	Wide              bool
 	// Default values of a choices field in the creation form.
 	Default []string
+	// Group is the form section the field is in ("" for the first).
+	Group string
 }
 
 type option struct{ Value, Label string }
@@ -60,22 +62,23 @@ func (c *console) listenerFields() []fieldSpec {
 	return []fieldSpec{
 		{Key: "name", Label: "Name", Type: "text", Fixed: true, Help: "Letters, digits, '.', '_', '-'. Routes name it in their from."},
 		{Key: "address", Label: "Address", Type: "text", Placeholder: "0.0.0.0:25", Help: "host:port to listen on."},
-		{Key: "role", Label: "Role", Type: "select", Options: []option{{"", "journal (mail from outside the chain)"}, {"ha", "ha (copies from peers; trusts their trace headers)"}}},
+		{Key: "role", Label: "Role", Type: "select", Options: []option{{"", "journal"}, {"ha", "ha"}},
+			Help: "journal: mail from outside the chain. ha: copies from peers, whose trace headers it trusts."},
 		{Key: "route_actions", Label: "Route its mail to", Type: "choices", CreateOnly: true, Default: []string{"archive"}, Options: c.actionOptions(),
 			Help: "Creates a route of the same name with these actions, so the listener accepts mail at once."},
-		{Key: "allow", Label: "Allowed clients", Type: "list", Placeholder: "10.0.1.0/24", Help: "One network or address per line. Empty: everyone."},
-		{Key: "proxy_protocol_from", Label: "Trusted PROXY senders", Type: "list", Help: "Balancers whose PROXY header is believed, one per line."},
-		{Key: "max_message_size", Label: "Max message size", Type: "text", Placeholder: "64MiB"},
-		{Key: "max_recipients", Label: "Max recipients", Type: "number", Placeholder: "1000"},
-		{Key: "max_sessions", Label: "Max sessions", Type: "number", Placeholder: "200"},
-		{Key: "max_sessions_per_ip", Label: "Max sessions per IP", Type: "number", Placeholder: "50"},
-		{Key: "read_timeout", Label: "Read timeout", Type: "text", Placeholder: "5m0s"},
-		{Key: "write_timeout", Label: "Write timeout", Type: "text", Placeholder: "1m0s"},
-		{Key: "data_timeout", Label: "DATA timeout", Type: "text", Placeholder: "3m0s"},
-		{Key: "tls.cert", Label: "TLS certificate file", Type: "text", Help: "PEM file; with a key, the listener offers STARTTLS."},
-		{Key: "tls.key", Label: "TLS key file", Type: "text"},
-		{Key: "tls.require", Label: "Require STARTTLS before MAIL", Type: "bool"},
 		{Key: "disabled", Label: "Disabled (keeps the configuration, closes the port)", Type: "bool", Wide: true},
+		{Key: "allow", Group: "Who may connect", Label: "Allowed clients", Type: "list", Placeholder: "10.0.1.0/24", Help: "One network or address per line. Empty: everyone."},
+		{Key: "proxy_protocol_from", Group: "Who may connect", Label: "Trusted PROXY senders", Type: "list", Help: "Balancers whose PROXY header is believed, one per line."},
+		{Key: "max_message_size", Group: "Limits", Label: "Max message size", Type: "text", Placeholder: "default 64MiB"},
+		{Key: "max_recipients", Group: "Limits", Label: "Max recipients", Type: "number", Placeholder: "default 1000"},
+		{Key: "max_sessions", Group: "Limits", Label: "Max sessions", Type: "number", Placeholder: "default 200"},
+		{Key: "max_sessions_per_ip", Group: "Limits", Label: "Max sessions per IP", Type: "number", Placeholder: "default 50"},
+		{Key: "read_timeout", Group: "Limits", Label: "Read timeout", Type: "text", Placeholder: "default 5m0s"},
+		{Key: "write_timeout", Group: "Limits", Label: "Write timeout", Type: "text", Placeholder: "default 1m0s"},
+		{Key: "data_timeout", Group: "Limits", Label: "DATA timeout", Type: "text", Placeholder: "default 3m0s"},
+		{Key: "tls.cert", Group: "STARTTLS", Label: "TLS certificate file", Type: "text", Help: "PEM file; with a key, the listener offers STARTTLS."},
+		{Key: "tls.key", Group: "STARTTLS", Label: "TLS key file", Type: "text"},
+		{Key: "tls.require", Group: "STARTTLS", Label: "Require STARTTLS before MAIL", Type: "bool"},
 	}
 }
 
@@ -94,20 +97,20 @@ func (c *console) connectionFields() []fieldSpec {
 		{Key: "name", Label: "Name", Type: "text", Fixed: true},
 		{Key: "address", Label: "Peer address", Type: "text", Placeholder: "10.0.0.2:8091", Help: "host:port of the peer's ha listener."},
 		{Key: "peer_node", Label: "Peer node id", Type: "text", Help: "Loop detection skips a message whose trace names it."},
-		{Key: "tls", Label: "TLS", Type: "select", Options: []option{{"", "none"}, {"starttls", "STARTTLS"}, {"implicit", "implicit TLS"}}},
-		{Key: "tls_ca", Label: "CA file", Type: "text"},
-		{Key: "tls_server_name", Label: "TLS server name", Type: "text"},
-		{Key: "tls_skip_verify", Label: "Skip certificate verification (tests only)", Type: "bool"},
-		{Key: "username", Label: "AUTH user", Type: "text"},
-		{Key: "password", Label: "AUTH password", Type: "password", Help: "Write-only; leave empty to keep the stored one."},
-		{Key: "concurrency", Label: "Parallel sessions", Type: "number", Placeholder: "4"},
-		{Key: "max_retries", Label: "Max retries", Type: "number", Placeholder: "0", Help: "0 retries forever (an HA connection never drops a message)."},
-		{Key: "queue_limit", Label: "Queue limit", Type: "number", Placeholder: "1000000"},
-		{Key: "retry_min", Label: "First retry after", Type: "text", Placeholder: "1s"},
-		{Key: "retry_max", Label: "Longest retry interval", Type: "text", Placeholder: "5m0s"},
-		{Key: "probe_interval", Label: "Probe interval while down", Type: "text", Placeholder: "2s"},
-		{Key: "timeout", Label: "SMTP timeout", Type: "text", Placeholder: "1m0s"},
 		{Key: "disabled", Label: "Disabled (keeps the queue; delivers nothing)", Type: "bool", Wide: true},
+		{Key: "tls", Group: "TLS and AUTH", Label: "TLS", Type: "select", Options: []option{{"", "none"}, {"starttls", "STARTTLS"}, {"implicit", "implicit TLS"}}},
+		{Key: "tls_ca", Group: "TLS and AUTH", Label: "CA file", Type: "text"},
+		{Key: "tls_server_name", Group: "TLS and AUTH", Label: "TLS server name", Type: "text"},
+		{Key: "tls_skip_verify", Group: "TLS and AUTH", Label: "Skip certificate verification (tests only)", Type: "bool"},
+		{Key: "username", Group: "TLS and AUTH", Label: "AUTH user", Type: "text"},
+		{Key: "password", Group: "TLS and AUTH", Label: "AUTH password", Type: "password", Help: "Write-only; leave empty to keep the stored one."},
+		{Key: "concurrency", Group: "Delivery", Label: "Parallel sessions", Type: "number", Placeholder: "default 4"},
+		{Key: "max_retries", Group: "Delivery", Label: "Max retries", Type: "number", Placeholder: "default 0", Help: "0 retries forever (an HA connection never drops a message)."},
+		{Key: "queue_limit", Group: "Delivery", Label: "Queue limit", Type: "number", Placeholder: "default 1000000"},
+		{Key: "retry_min", Group: "Delivery", Label: "First retry after", Type: "text", Placeholder: "default 1s"},
+		{Key: "retry_max", Group: "Delivery", Label: "Longest retry interval", Type: "text", Placeholder: "default 5m0s"},
+		{Key: "probe_interval", Group: "Delivery", Label: "Probe interval while down", Type: "text", Placeholder: "default 2s"},
+		{Key: "timeout", Group: "Delivery", Label: "SMTP timeout", Type: "text", Placeholder: "default 1m0s"},
 	}
 }
 
@@ -155,13 +158,20 @@ type formField struct {
 	DescribedBy string
 }
 
+// formGroup is one section of a form.
+type formGroup struct {
+	Title  string
+	Fields []formField
+}
+
 // formData is the form page's.
 type formData struct {
 	Kind    configKind
 	Name    string // "" when adding
 	Action  string
 	Fields  []formField
-	General []string // errors that belong to no field of the form
+	Groups  []formGroup // the same fields, by section
+	General []string    // errors that belong to no field of the form
 	// HasErrors: the change was refused (a summary heads the form).
 	HasErrors bool
 	ReadOnly  bool
@@ -224,6 +234,11 @@ func (c *console) showForm(w http.ResponseWriter, r *http.Request, sess ui.Sessi
 			f.Value = formValue(v)
 		}
 		d.Fields = append(d.Fields, f)
+		if n := len(d.Groups); n == 0 || d.Groups[n-1].Title != sp.Group {
+			d.Groups = append(d.Groups, formGroup{Title: sp.Group})
+		}
+		g := &d.Groups[len(d.Groups)-1]
+		g.Fields = append(g.Fields, f)
 	}
 	if a, ok := m["auth"].(map[string]any); ok && k.Kind == "listeners" {
 		var names []string
@@ -636,6 +651,8 @@ func formValue(v any) string {
 			return "true"
 		}
 		return ""
+	case float64: // from JSON (the audit log)
+		return strconv.FormatFloat(t, 'f', -1, 64)
 	case []any, []string:
 		return strings.Join(listOf(t), "\n")
 	case map[string]any:

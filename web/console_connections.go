@@ -1,9 +1,9 @@
 package web
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 
 	"chainmail/internal/ui"
 	"chainmail/queue"
@@ -67,19 +67,14 @@ func (c *console) connectionPage(w http.ResponseWriter, r *http.Request, sess ui
 
 func (c *console) connectionAct(w http.ResponseWriter, r *http.Request, sess ui.Session, action string) {
 	name := r.PathValue("name")
-	if action == "purge" && r.PostFormValue("confirm") != name {
-		// The confirmation page sends the name back; a bare POST (a
+	if action == "purge" && strings.TrimSpace(r.PostFormValue("confirm")) != name {
+		// The confirmation page has the name typed back; a bare POST (a
 		// script, a double click elsewhere) does not purge.
-		http.Redirect(w, r, "/connections/"+name+"/purge", http.StatusSeeOther)
+		c.showPurge(w, r, sess, http.StatusBadRequest, "Type the connection's name, "+name+", to confirm.")
 		return
 	}
 	res, err := c.s.connectionAction(r.Context(), name, action)
 	if err != nil {
-		var e *Error
-		if errors.As(err, &e) && e.Status == http.StatusNotFound {
-			c.fail(w, r, sess, err)
-			return
-		}
 		c.fail(w, r, sess, err)
 		return
 	}
@@ -101,14 +96,20 @@ func (c *console) connectionAct(w http.ResponseWriter, r *http.Request, sess ui.
 type purgeData struct {
 	Name  string
 	Depth int64
+	Error string
 }
 
 func (c *console) purgePage(w http.ResponseWriter, r *http.Request, sess ui.Session) {
+	c.showPurge(w, r, sess, http.StatusOK, "")
+}
+
+func (c *console) showPurge(w http.ResponseWriter, r *http.Request, sess ui.Session, status int, msg string) {
 	name := r.PathValue("name")
 	view, err := c.s.connection(name)
 	if err != nil {
 		c.fail(w, r, sess, err)
 		return
 	}
-	c.render(w, r, http.StatusOK, "purge", c.page(r, sess, "Purge the queue of "+name, purgeData{Name: name, Depth: view.QueueDepth}))
+	d := purgeData{Name: name, Depth: view.QueueDepth, Error: msg}
+	c.render(w, r, status, "purge", c.page(r, sess, "Purge the queue of "+name, d))
 }

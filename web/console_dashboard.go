@@ -19,10 +19,14 @@ import (
 // node's own counters (chainmail_smtp_sessions_total and the accepted
 // results of chainmail_smtp_messages_total, summed over listeners), taken
 // every sampleEvery by a goroutine that Serve owns. Reading the registry
-// keeps the console independent of how the listeners count.
+// keeps the console independent of how the listeners count. The chart
+// shows, for each of the last 30 minutes, how many sessions and messages
+// the minute ending there saw; the last point is the minute ending now.
 const (
 	sampleEvery = 10 * time.Second
-	ringSize    = 180 // 30 minutes
+	chartWindow = 30 * time.Minute
+	// ringSize covers the window and one minute before it.
+	ringSize = int((chartWindow+time.Minute)/sampleEvery) + 1
 )
 
 // Names of the counters the sampler reads (docs/metrics.md).
@@ -77,25 +81,32 @@ func (c *console) startSampler(ctx context.Context) (wait func()) {
 	return func() { <-done }
 }
 
-func (r *rateSampler) sample() {
+// read takes the counters' values now.
+func (r *rateSampler) read() sample {
 	s := sample{at: r.now()}
-	if r.reg != nil {
-		fams, _ := r.reg.Gather() // a partial answer still has our counters
-		for _, f := range fams {
-			switch f.GetName() {
-			case metricSessions:
-				for _, m := range f.GetMetric() {
-					s.sessions += m.GetCounter().GetValue()
-				}
-			case metricMessages:
-				for _, m := range f.GetMetric() {
-					if labelOf(m.GetLabel(), "result") != "rejected" {
-						s.messages += m.GetCounter().GetValue()
-					}
+	if r.reg == nil {
+		return s
+	}
+	fams, _ := r.reg.Gather() // a partial answer still has our counters
+	for _, f := range fams {
+		switch f.GetName() {
+		case metricSessions:
+			for _, m := range f.GetMetric() {
+				s.sessions += m.GetCounter().GetValue()
+			}
+		case metricMessages:
+			for _, m := range f.GetMetric() {
+				if labelOf(m.GetLabel(), "result") != "rejected" {
+					s.messages += m.GetCounter().GetValue()
 				}
 			}
 		}
 	}
+	return s
+}
+
+func (r *rateSampler) sample() {
+	s := r.read()
 	r.mu.Lock()
 	r.ring = append(r.ring, s)
 	if len(r.ring) > ringSize {
@@ -116,25 +127,40 @@ func labelOf[L interface {
 	return ""
 }
 
-// ratePoint is a per-minute rate over the interval ending at At.
-type ratePoint struct {
+// minutePoint counts what the minute ending At saw.
+type minutePoint struct {
 	At                 time.Time
 	Sessions, Messages float64
 }
 
-func (r *rateSampler) points() []ratePoint {
+// minutes returns one point per minute of the window that has samples,
+// oldest first; the last ends at cur, the counters read now.
+func (r *rateSampler) minutes(cur sample) []minutePoint {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out []ratePoint
-	for i := 1; i < len(r.ring); i++ {
-		a, b := r.ring[i-1], r.ring[i]
-		min := b.at.Sub(a.at).Minutes()
-		if min <= 0 {
+	ring := append(append([]sample(nil), r.ring...), cur)
+	r.mu.Unlock()
+	// at is the last sample taken at or before t (the first one for an
+	// earlier t: counters start at zero with the node).
+	at := func(t time.Time) sample {
+		best := sample{at: ring[0].at}
+		for _, s := range ring {
+			if s.at.After(t) {
+				break
+			}
+			best = s
+		}
+		return best
+	}
+	var out []minutePoint
+	for m := int(chartWindow/time.Minute) - 1; m >= 0; m-- {
+		end := cur.at.Add(-time.Duration(m) * time.Minute)
+		if !end.After(ring[0].at) {
 			continue
 		}
-		out = append(out, ratePoint{At: b.at,
-			Sessions: math.Max(0, b.sessions-a.sessions) / min,
-			Messages: math.Max(0, b.messages-a.messages) / min})
+		a, b := at(end.Add(-time.Minute)), at(end)
+		out = append(out, minutePoint{At: end,
+			Sessions: math.Max(0, b.sessions-a.sessions),
+			Messages: math.Max(0, b.messages-a.messages)})
 	}
 	return out
 }
@@ -160,9 +186,9 @@ type chart struct {
 	W, H                     int
 	Left, Right, Top, Bottom int
 	Messages, Sessions       string // polyline points
+	Dots                     []dot
 	YTicks                   []tick
 	XTicks                   []tick
-	Empty                    bool
 	Summary                  string // the chart's text alternative
 }
 
@@ -171,19 +197,28 @@ type tick struct {
 	Label string
 }
 
-const chartWindow = 30 * time.Minute
+type dot struct {
+	X, Y   float64
+	Series string // s-messages, s-sessions
+}
 
-func makeChart(pts []ratePoint, now time.Time) chart {
-	c := chart{W: 640, H: 190, Left: 44, Right: 630, Top: 12, Bottom: 166}
-	if len(pts) == 0 {
-		c.Empty = true
-		c.Summary = "No traffic samples yet: the first appears " + sampleEvery.String() + " after the node starts."
-	}
-	top := 1.0
+// The chart comes in two shapes: wide for a desktop's card, and taller
+// and narrower for a phone, where a wide one would be too flat to read;
+// the stylesheet shows one.
+var (
+	wideChart   = chart{W: 640, H: 190, Left: 44, Right: 630, Top: 12, Bottom: 166}
+	narrowChart = chart{W: 360, H: 230, Left: 34, Right: 350, Top: 12, Bottom: 204}
+)
+
+func makeChart(shape chart, pts []minutePoint, now time.Time) chart {
+	c := shape
+	top := 0.0
 	for _, p := range pts {
 		top = math.Max(top, math.Max(p.Messages, p.Sessions))
 	}
-	top = niceCeil(top)
+	// Four whole steps, each 1, 2 or 5 times a power of ten.
+	step := niceCeil(top / 4)
+	top = 4 * step
 	from := now.Add(-chartWindow)
 	x := func(t time.Time) float64 {
 		f := float64(t.Sub(from)) / float64(chartWindow)
@@ -194,33 +229,51 @@ func makeChart(pts []ratePoint, now time.Time) chart {
 	}
 	var ms, ss []string
 	for _, p := range pts {
-		if p.At.Before(from) {
-			continue
-		}
 		ms = append(ms, fmt.Sprintf("%.1f,%.1f", x(p.At), y(p.Messages)))
 		ss = append(ss, fmt.Sprintf("%.1f,%.1f", x(p.At), y(p.Sessions)))
 	}
+	if len(pts) <= 2 {
+		// Too few points for a line to show: mark them.
+		for _, p := range pts {
+			c.Dots = append(c.Dots, dot{x(p.At), y(p.Sessions), "s-sessions"}, dot{x(p.At), y(p.Messages), "s-messages"})
+		}
+	}
 	c.Messages, c.Sessions = strings.Join(ms, " "), strings.Join(ss, " ")
 	for i := 0; i <= 4; i++ {
-		v := top * float64(i) / 4
+		v := step * float64(i)
 		c.YTicks = append(c.YTicks, tick{X: float64(c.Left - 6), Y: y(v), Label: trimFloat(v)})
 	}
-	for _, m := range []int{30, 20, 10, 0} {
+	marks := []int{30, 20, 10, 0}
+	if c.W < 500 {
+		marks = []int{30, 15, 0}
+	}
+	for _, m := range marks {
 		label := fmt.Sprintf("−%d min", m)
 		if m == 0 {
 			label = "now"
 		}
 		c.XTicks = append(c.XTicks, tick{X: x(now.Add(-time.Duration(m) * time.Minute)), Y: float64(c.Bottom + 16), Label: label})
 	}
-	if n := len(pts); n > 0 {
+	if n := len(pts); n == 0 {
+		c.Summary = "No traffic samples yet."
+	} else {
 		last := pts[n-1]
-		c.Summary = fmt.Sprintf("Over the last %s: messages %s per minute now (peak %s), sessions %s per minute now.",
-			ui.HumanDuration(now.Sub(pts[0].At)), trimFloat(last.Messages), trimFloat(peakOf(pts)), trimFloat(last.Sessions))
+		c.Summary = fmt.Sprintf("In the last minute: %s, %s.", count(last.Messages, "message"), count(last.Sessions, "session"))
+		if n > 1 {
+			c.Summary += fmt.Sprintf(" Busiest of the last %d minutes: %s.", n, count(peakOf(pts), "message"))
+		}
 	}
 	return c
 }
 
-func peakOf(pts []ratePoint) float64 {
+func count(v float64, noun string) string {
+	if v == 1 {
+		return "1 " + noun
+	}
+	return trimFloat(v) + " " + noun + "s"
+}
+
+func peakOf(pts []minutePoint) float64 {
 	m := 0.0
 	for _, p := range pts {
 		m = math.Max(m, p.Messages)
@@ -228,7 +281,7 @@ func peakOf(pts []ratePoint) float64 {
 	return m
 }
 
-// niceCeil rounds up to 1, 2 or 5 times a power of ten.
+// niceCeil rounds up to 1, 2 or 5 times a power of ten (at least 1).
 func niceCeil(v float64) float64 {
 	if v <= 1 {
 		return 1
@@ -253,7 +306,8 @@ func trimFloat(v float64) string {
 type dashboardData struct {
 	Node        NodeInfo
 	Uptime      string
-	Chart       chart
+	Chart       chart // wide
+	ChartNarrow chart
 	NowMessages string
 	NowSessions string
 	Active      int64
@@ -288,8 +342,8 @@ func (c *console) dashboard(w http.ResponseWriter, r *http.Request, sess ui.Sess
 		Active: info.Counters["smtp_sessions_active"],
 		Health: c.s.health(r.Context()),
 	}
-	pts := c.rates.points()
-	d.Chart = makeChart(pts, c.s.now())
+	pts := c.rates.minutes(c.rates.read())
+	d.Chart, d.ChartNarrow = makeChart(wideChart, pts, c.s.now()), makeChart(narrowChart, pts, c.s.now())
 	d.NowMessages, d.NowSessions = "—", "—"
 	if n := len(pts); n > 0 {
 		d.NowMessages, d.NowSessions = trimFloat(pts[n-1].Messages), trimFloat(pts[n-1].Sessions)

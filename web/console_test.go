@@ -11,14 +11,17 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"chainmail/forwarder"
 	"chainmail/internal/config"
 	"chainmail/internal/liveconfig"
 	"chainmail/internal/store"
+	"chainmail/queue"
 )
 
 // consoleNode is a Server with a real live configuration (bbolt in a
@@ -496,20 +499,30 @@ func TestConsoleChartFromCounters(t *testing.T) {
 	messages := promCounter(t, s, metricMessages, "listener", "result")
 	r := s.console.rates
 	r.sample()
-	for i := 1; i <= 6; i++ {
+	for i := 1; i <= 12; i++ {
 		clock.Add(sampleEvery)
 		sessions.WithLabelValues("journal").Add(2)
 		messages.WithLabelValues("journal", "archived").Add(3)
 		messages.WithLabelValues("journal", "rejected").Add(100) // not counted
-		r.sample()
+		if i < 12 {
+			r.sample()
+		}
 	}
-	pts := r.points()
-	if len(pts) != 6 || pts[5].Messages != 18 || pts[5].Sessions != 12 {
+	// Two minutes of samples: a point for the minute ending a minute ago,
+	// one for the minute ending now (read live, not yet sampled).
+	pts := r.minutes(r.read())
+	if len(pts) != 2 || pts[0].Messages != 18 || pts[1].Messages != 18 || pts[1].Sessions != 12 || !pts[1].At.Equal(clock.Now()) {
 		t.Fatalf("points: %+v", pts)
 	}
-	c := makeChart(pts, clock.Now())
-	if c.Empty || strings.Count(c.Messages, ",") != 6 || !strings.Contains(c.Summary, "messages 18 per minute") {
+	c := makeChart(wideChart, pts, clock.Now())
+	if strings.Count(c.Messages, ",") != 2 || !strings.Contains(c.Summary, "In the last minute: 18 messages, 12 sessions") {
 		t.Errorf("chart: %+v", c)
+	}
+	if c.YTicks[4].Label != "20" || c.YTicks[1].Label != "5" {
+		t.Errorf("y axis: %+v", c.YTicks)
+	}
+	if c := makeChart(narrowChart, nil, clock.Now()); c.YTicks[4].Label != "4" || c.Messages != "" {
+		t.Errorf("empty chart: %+v", c)
 	}
 	// Catch-up progress is measured from the highest backlog seen.
 	if p, ok := r.progress("peer", 100); !ok || p != 0 {
@@ -579,4 +592,119 @@ func FuzzConsoleMIMEParts(f *testing.F) {
 			t.Fatal("nil structure")
 		}
 	})
+}
+
+// fakeConns is one forwarder connection, "peer", for the console's
+// connection page.
+type fakeConns struct {
+	mu              sync.Mutex
+	depth           int64
+	paused          bool
+	purges, retries int
+}
+
+func (f *fakeConns) st() forwarder.Status {
+	state := "up"
+	if f.paused {
+		state = "paused"
+	}
+	return forwarder.Status{Name: "peer", Address: "192.0.2.9:8091", State: state, QueueDepth: f.depth, Rate: 2, ETAS: float64(f.depth) / 2, Concurrency: 4}
+}
+
+func (f *fakeConns) Status() []forwarder.Status {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return []forwarder.Status{f.st()}
+}
+
+func (f *fakeConns) StatusOf(name string) (forwarder.Status, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.st(), name == "peer"
+}
+
+func (f *fakeConns) Retry(ctx context.Context, name string) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.retries++
+	return 2, nil
+}
+
+func (f *fakeConns) Purge(ctx context.Context, name string) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := int(f.depth)
+	f.depth, f.purges = 0, f.purges+1
+	return n, nil
+}
+
+func (f *fakeConns) Pause(name string) error { f.mu.Lock(); f.paused = true; f.mu.Unlock(); return nil }
+func (f *fakeConns) Resume(name string) error {
+	f.mu.Lock()
+	f.paused = false
+	f.mu.Unlock()
+	return nil
+}
+
+func (f *fakeConns) Entries(name string, dead bool, limit int) ([]queue.Entry, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []queue.Entry
+	for i := int64(0); i < f.depth && len(out) < limit; i++ {
+		out = append(out, queue.Entry{Seq: uint64(i + 1), HashHex: strings.Repeat("ab", 32), Attempts: 3, LastError: "421 try later"})
+	}
+	return out, nil
+}
+
+func TestConsoleConnectionActions(t *testing.T) {
+	t.Parallel()
+	conns := &fakeConns{depth: 40}
+	n := newConsoleNode(t, func(o *Options) { o.Connections = conns })
+	b := n.browser(t)
+	tok := b.login("admin", "right-password")
+
+	page := b.get("/connections/peer")
+	if page.code != 200 || !strings.Contains(page.body, "421 try later") || !strings.Contains(page.body, `<progress max="100" value="0"`) {
+		t.Fatalf("connection page: %d\n%s", page.code, page.body)
+	}
+	// The backlog shrinks: progress is measured from its peak.
+	conns.mu.Lock()
+	conns.depth = 10
+	conns.mu.Unlock()
+	if page := b.get("/"); !strings.Contains(page.body, `value="75"`) || !strings.Contains(page.body, "5s") {
+		t.Errorf("dashboard catch-up (75%%, ETA 5s):\n%s", page.body)
+	}
+
+	if a := b.post("/connections/peer/pause", url.Values{"csrf": {tok}}); a.code != http.StatusSeeOther || a.h.Get("Location") != "/connections/peer" {
+		t.Fatalf("pause: %d %q", a.code, a.h.Get("Location"))
+	}
+	if page := b.get("/connections/peer"); !strings.Contains(page.body, "Resume delivery") || !strings.Contains(page.body, "paused; its queue keeps filling") {
+		t.Errorf("after pause:\n%s", page.body)
+	}
+	b.post("/connections/peer/resume", url.Values{"csrf": {tok}})
+	if conns.paused {
+		t.Error("resume did not resume")
+	}
+	if a := b.post("/connections/peer/retry", url.Values{"csrf": {tok}}); a.code != http.StatusSeeOther || conns.retries != 1 {
+		t.Errorf("retry: %d %d", a.code, conns.retries)
+	}
+
+	// Purge: the confirmation page first; a POST without the typed name
+	// purges nothing.
+	if a := b.get("/connections/peer/purge"); a.code != 200 || !strings.Contains(a.body, "<strong>10</strong> message(s)") {
+		t.Errorf("purge confirmation: %d\n%s", a.code, a.body)
+	}
+	if a := b.post("/connections/peer/purge", url.Values{"csrf": {tok}}); a.code != http.StatusBadRequest || conns.purges != 0 ||
+		!strings.Contains(a.body, `id="confirm-err"`) {
+		t.Errorf("purge without confirmation: %d, %d purges", a.code, conns.purges)
+	}
+	if a := b.post("/connections/peer/purge", url.Values{"csrf": {tok}, "confirm": {"peer"}}); a.code != http.StatusSeeOther || conns.purges != 1 {
+		t.Errorf("purge: %d, %d purges", a.code, conns.purges)
+	}
+	if page := b.get("/connections/peer"); !strings.Contains(page.body, "10 queued message(s) of &#34;peer&#34; purged") {
+		t.Errorf("after purge:\n%s", page.body)
+	}
+	if a := b.get("/connections/nope"); a.code != http.StatusNotFound {
+		t.Errorf("unknown connection: %d", a.code)
+	}
 }
