@@ -118,7 +118,11 @@ func (s *Server) consoleRoutes() {
 // back here afterwards); any role may look.
 func (c *console) view(h func(http.ResponseWriter, *http.Request, ui.Session)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		sess, ok := c.sessions.Get(r)
+		get := c.sessions.Get
+		if r.Header.Get("X-Console-Refresh") != "" {
+			get = c.sessions.Peek // the script's refresh keeps no session alive
+		}
+		sess, ok := get(r)
 		if !ok {
 			http.Redirect(w, r, "/login?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
 			return

@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"chainmail/archive"
 	"chainmail/forwarder"
 	"chainmail/internal/config"
 	"chainmail/internal/liveconfig"
@@ -294,6 +295,11 @@ func TestConsoleCSRF(t *testing.T) {
 	if _, err := n.live.Get("listeners", "extra"); err == nil {
 		t.Fatal("a refused form changed the configuration")
 	}
+	// Behind a TLS-terminating proxy the browser's Origin says https.
+	if a := b.do("POST", "/listeners/new", form(url.Values{"csrf": {tok}, "name": {"proxied"}, "address": {"127.0.0.1:2527"}}),
+		http.Header{"Origin": {"https://" + strings.TrimPrefix(b.base, "http://")}}); a.code != http.StatusSeeOther {
+		t.Errorf("form through a TLS proxy: %d\n%s", a.code, a.body)
+	}
 	// The login form has its own (double-submit) token.
 	other := n.browser(t)
 	if a := other.post("/login", url.Values{"user": {"admin"}, "password": {"right-password"}}); a.code != http.StatusForbidden {
@@ -438,9 +444,16 @@ func TestConsoleSessionExpires(t *testing.T) {
 	if a := b.get("/"); a.code != 200 {
 		t.Fatalf("within the idle bound: %d", a.code)
 	}
-	n.clock.Add(31 * time.Minute)
+	// The dashboard's own refresh does not count as use.
+	for range 3 {
+		n.clock.Add(8 * time.Minute)
+		if a := b.do("GET", "/", nil, http.Header{"X-Console-Refresh": {"1"}}); a.code != 200 {
+			t.Fatalf("refresh: %d", a.code)
+		}
+	}
+	n.clock.Add(8 * time.Minute)
 	if a := b.get("/"); a.code != http.StatusSeeOther {
-		t.Fatalf("after 31 idle minutes: %d", a.code)
+		t.Fatalf("after 32 minutes of refreshes only: %d", a.code)
 	}
 }
 
@@ -706,5 +719,67 @@ func TestConsoleConnectionActions(t *testing.T) {
 	}
 	if a := b.get("/connections/nope"); a.code != http.StatusNotFound {
 		t.Errorf("unknown connection: %d", a.code)
+	}
+}
+
+// consoleJournalArchive answers every message as a journal report with a Bcc
+// recipient.
+type consoleJournalArchive struct{ *fakeArchive }
+
+func (j consoleJournalArchive) Get(ctx context.Context, id string) (*archive.Meta, error) {
+	m, err := j.fakeArchive.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	m.Headers = archive.Headers{Subject: "Quarterly numbers", From: []string{"alice@contoso.example"}, To: []string{"bob@contoso.example"}}
+	m.Envelope.RcptTo = []string{"journal@archive.example"}
+	m.Journal = &archive.JournalSummary{
+		Format: "exchange", Sender: "alice@contoso.example", Subject: "Quarterly numbers",
+		Recipients: []archive.Recipient{
+			{Address: "bob@contoso.example", Kind: "to"},
+			{Address: "carol@contoso.example", Kind: "bcc"},
+		},
+		Original: &archive.JournalPart{ContentType: "message/rfc822", Size: 1234, SHA256: strings.Repeat("c", 64)},
+		Warnings: []string{"envelope line 7 unreadable"},
+	}
+	return m, nil
+}
+
+func TestConsoleJournalReport(t *testing.T) {
+	t.Parallel()
+	n := newConsoleNode(t, func(o *Options) {
+		o.Archive = consoleJournalArchive{newFakeArchive([]byte("Subject: report\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nenvelope\r\n--b\r\nContent-Type: message/rfc822\r\n\r\nSubject: Quarterly numbers\r\n\r\nnumbers\r\n--b--\r\n"))}
+	})
+	var id string
+	for k := range n.s.opts.Archive.(consoleJournalArchive).msgs {
+		id = k
+	}
+	admin, viewer := n.browser(t), n.browser(t)
+	admin.login("admin", "right-password")
+	viewer.login("viewer", "viewer-password")
+
+	a := admin.get("/archive/" + id)
+	for _, want := range []string{"Journal report", "carol@contoso.example", "bcc", "The original (unwrapped)", "1234", "envelope line 7 unreadable",
+		"Download the original (.eml)", `href="/archive/` + id + `/raw?part=report"`, "<code>message/rfc822</code>"} {
+		if !strings.Contains(a.body, want) {
+			t.Errorf("admin's view lacks %q", want)
+		}
+	}
+	// A read-only user sees what the original's header shows, no more
+	// (the API's rule: archive.Restrict), and cannot fetch the report.
+	v := viewer.get("/archive/" + id)
+	if v.code != 200 || !strings.Contains(v.body, "bob@contoso.example") {
+		t.Fatalf("viewer: %d\n%s", v.code, v.body)
+	}
+	for _, leak := range []string{"carol@contoso.example", "part=report", "envelope line 7"} {
+		if strings.Contains(v.body, leak) {
+			t.Errorf("read-only view shows %q", leak)
+		}
+	}
+	if a := viewer.get("/archive/" + id + "/raw?part=report"); a.code != http.StatusForbidden {
+		t.Errorf("read-only download of the report: %d", a.code)
+	}
+	if a := admin.get("/archive/" + id + "/raw"); a.code != 200 || !strings.Contains(a.h.Get("Content-Disposition"), ".eml") {
+		t.Errorf("download: %d %v", a.code, a.h)
 	}
 }

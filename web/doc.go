@@ -1,6 +1,6 @@
 // Package web is a node's HTTP face: the JSON API of DESIGN.md, /healthz,
-// /metrics, and later the HTML console (issue 6) as a second view over the
-// same code.
+// /metrics, and the HTML console (console*.go, templates/, docs/console.md)
+// as a second view over the same code.
 //
 // # Shape
 //
@@ -8,8 +8,8 @@
 // and returns plain values or an *Error (node, health, searchArchive,
 // message, openRaw, digest), and a thin JSON view that decodes the request,
 // calls the operation and encodes the result. The console's HTML handlers
-// are to call the same operations and render a template instead, so the
-// rules (validation, limits, roles) live once.
+// call the same operations and render a template instead, so the rules
+// (validation, limits, roles) live once.
 //
 // # Auth
 //
@@ -32,6 +32,18 @@
 // Only bcrypt hashes are stored. EnsureAdmin creates "admin" with a random
 // password once, on the first start, and returns the password so that cmd
 // can print it exactly once.
+//
+// # Console
+//
+// The pages sit beside the API on the same mux, outside /api/. A console
+// login (an account of Users, the API's failed-login limiter) starts a
+// session held in memory (internal/ui: random id in an HttpOnly,
+// SameSite=Strict cookie, Secure over TLS; a restart logs everybody out);
+// the session's user is the Principal of every operation, so the audit log
+// and the read-only rules see the console as they see the API. Every POST
+// needs the session's CSRF token and the admin role. The traffic chart
+// samples the node's counters from the registry, in a goroutine that Serve
+// owns.
 //
 // # Lifecycle
 //

@@ -101,7 +101,13 @@ func (s *Sessions) Start(w http.ResponseWriter, r *http.Request, user, role stri
 }
 
 // Get returns the request's live session and marks it seen.
-func (s *Sessions) Get(r *http.Request) (Session, bool) {
+func (s *Sessions) Get(r *http.Request) (Session, bool) { return s.lookup(r, true) }
+
+// Peek is Get for requests that are not the user's doing (the dashboard's
+// refresh): they do not keep an unattended session alive.
+func (s *Sessions) Peek(r *http.Request) (Session, bool) { return s.lookup(r, false) }
+
+func (s *Sessions) lookup(r *http.Request, touch bool) (Session, bool) {
 	c, err := r.Cookie(s.opts.Cookie)
 	if err != nil || c.Value == "" {
 		return Session{}, false
@@ -118,7 +124,9 @@ func (s *Sessions) Get(r *http.Request) (Session, bool) {
 		delete(s.m, k)
 		return Session{}, false
 	}
-	sess.Seen = now
+	if touch {
+		sess.Seen = now
+	}
 	return *sess, true
 }
 
@@ -212,7 +220,10 @@ func ValidCSRF(r *http.Request, token string) bool {
 }
 
 // SameOrigin is false when the request's Origin (or, lacking one, its
-// Referer) names another origin than the one it was sent to.
+// Referer) names another host than the one it was sent to. The scheme is
+// not compared: behind a TLS-terminating proxy the browser says https and
+// the console sees plain HTTP; the host and port are what tell another
+// site's page from ours.
 func SameOrigin(r *http.Request) bool {
 	src := r.Header.Get("Origin")
 	if src == "" {
@@ -226,14 +237,11 @@ func SameOrigin(r *http.Request) bool {
 		}
 		src = u.Scheme + "://" + u.Host
 	}
-	if src == "null" {
+	u, err := url.Parse(src)
+	if src == "null" || err != nil || (u.Scheme != "http" && u.Scheme != "https") {
 		return false
 	}
-	scheme := "http"
-	if r.TLS != nil {
-		scheme = "https"
-	}
-	return strings.EqualFold(src, scheme+"://"+r.Host)
+	return strings.EqualFold(u.Host, r.Host)
 }
 
 // LoginToken issues the double-submit token of a login form: a random
