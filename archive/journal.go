@@ -1,6 +1,7 @@
 package archive
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -33,7 +34,9 @@ const (
 // spooled to disk is never loaded whole. It never fails: a report it
 // cannot read is archived all the same, with warnings saying why.
 func prepareJournal(it *Item, head []byte) {
-	if !journal.LooksLikeReport(head) {
+	// Every message passes here: a scan for the word rules out ordinary
+	// mail before the header is parsed a second time.
+	if !headerMentionsJournal(head) || !journal.LooksLikeReport(head) {
 		return
 	}
 	reportHeaders := it.Headers
@@ -93,6 +96,31 @@ func prepareJournal(it *Item, head []byte) {
 		hs.From = []string{strings.ToLower(rep.Sender)}
 	}
 	it.Headers = hs
+}
+
+// headerMentionsJournal tells whether the header section of a message
+// (up to its first empty line) contains "journal" in any case: every
+// field that marks a report (X-MS-Journal-Report, Content-Identifier:
+// ExJournalReport) does.
+func headerMentionsJournal(head []byte) bool {
+	const word = "journal"
+	if end := bytes.Index(head, []byte("\r\n\r\n")); end >= 0 {
+		head = head[:end]
+	} else if end := bytes.Index(head, []byte("\n\n")); end >= 0 {
+		head = head[:end]
+	}
+	for i := 0; i+len(word) <= len(head); i++ {
+		if head[i]|0x20 != 'j' {
+			continue
+		}
+		j := 1
+		for ; j < len(word) && head[i+j]|0x20 == word[j]; j++ {
+		}
+		if j == len(word) {
+			return true
+		}
+	}
+	return false
 }
 
 // isMessageType tells whether an attachment's content is a message with a

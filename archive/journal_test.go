@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -432,5 +433,45 @@ func TestLargeReportIsNotReadIntoMemory(t *testing.T) {
 	got, info := readPart(t, s, it.Hash.String(), "")
 	if !bytes.Equal(got, orig.Bytes()) || info.Size != int64(orig.Len()) {
 		t.Fatalf("original: %d bytes, want %d", len(got), orig.Len())
+	}
+}
+
+func TestHeaderMentionsJournal(t *testing.T) {
+	for head, want := range map[string]bool{
+		"X-MS-Journal-Report:\r\n\r\n":                true,
+		"x-ms-journal-report:\r\n\r\n":                true,
+		"Content-Identifer: ExJOURNALReport\r\n\r\n":  true,
+		"Subject: hi\r\n\r\nX-MS-Journal-Report:\r\n": false, // in the body
+		"Subject: journa\r\n\r\n":                     false,
+		"Subject: hi\nX-MS-Journal-Report:\n\nbody\n": true,
+		"": false,
+	} {
+		if got := headerMentionsJournal([]byte(head)); got != want {
+			t.Errorf("headerMentionsJournal(%q) = %v", head, got)
+		}
+	}
+}
+
+// TestHitListsAtMostSomeRecipients: a report naming thousands of
+// recipients (an expanded list) makes a small search hit; the record keeps
+// them all.
+func TestHitListsAtMostSomeRecipients(t *testing.T) {
+	s, db := openStore(t)
+	var env strings.Builder
+	for i := range 3000 {
+		fmt.Fprintf(&env, "To: m%d@contoso.example, Expanded: all@contoso.example\r\n", i)
+	}
+	raw := strings.Replace(string(corpusFile(t, "basic.eml")), "Recipient: erin@contoso.example\r\n", env.String(), 1)
+	it := item(raw, "p@contoso.example", "j@archive.example")
+	put(t, s, db, it)
+	p, err := s.Search(context.Background(), Query{To: "m2999@contoso.example"})
+	if err != nil || len(p.Messages) != 1 {
+		t.Fatalf("search: %v %v", p, err)
+	}
+	if h := p.Messages[0]; len(h.Recipients) != maxHitRecipients || h.RecipientCount != 3003 {
+		t.Fatalf("hit lists %d of %d recipients", len(h.Recipients), h.RecipientCount)
+	}
+	if m, _ := s.Get(context.Background(), it.Hash.String()); len(m.Journal.Recipients) != 3003 {
+		t.Fatalf("record keeps %d", len(m.Journal.Recipients))
 	}
 }

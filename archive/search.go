@@ -12,8 +12,10 @@ import (
 )
 
 const (
-	defaultLimit = 50
-	maxLimit     = 1000
+	// maxHitRecipients bounds the journal recipients one search hit lists.
+	maxHitRecipients = 100
+	defaultLimit     = 50
+	maxLimit         = 1000
 	// scanBudget bounds the records one request examines, so a search that
 	// matches nothing in a large archive answers in bounded time with a
 	// cursor to continue from rather than holding a read transaction for
@@ -158,6 +160,12 @@ func summarize(m *Meta, restricted bool) Summary {
 		s.Recipients = j.Recipients
 		if restricted {
 			s.Recipients = visibleRecipients(j.Recipients, shownAddresses(&m.Headers))
+		}
+		// A report can name tens of thousands (an expanded list); a hit
+		// shows the first ones and the count, the record has them all.
+		s.RecipientCount = len(s.Recipients)
+		if len(s.Recipients) > maxHitRecipients {
+			s.Recipients = s.Recipients[:maxHitRecipients]
 		}
 	}
 	if m.Headers.FromDisplay != "" {

@@ -129,7 +129,10 @@ type Summary struct {
 	// members only for callers allowed to see them, see Restrict).
 	Original   *OriginalRef `json:"original,omitempty"`
 	Reports    int          `json:"reports,omitempty"`
-	Recipients []Recipient  `json:"recipients,omitempty"`
+	Recipients []Recipient  `json:"recipients,omitempty"` // the first 100
+	// RecipientCount is how many recipients there are in all (the
+	// message's metadata lists every one).
+	RecipientCount int `json:"recipient_count,omitempty"`
 }
 
 // OriginalRef names the original of a journal report: what
