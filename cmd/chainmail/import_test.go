@@ -363,3 +363,24 @@ func FuzzMaildirNames(f *testing.F) {
 		}
 	})
 }
+
+func TestImportProgressLine(t *testing.T) {
+	t.Parallel()
+	start := time.Date(2024, 5, 1, 9, 0, 0, 0, time.UTC)
+	p := &importProgress{total: 1000, start: start}
+	s := &importSummary{imported: 40, duplicates: 8, skipped: 2, failed: 1, bytes: 500}
+	want := "[###############---------------]  50% of 1000 B, 51 messages (40 new, 10 duplicate, 1 failed), 5 msg/s"
+	if got := p.line(s, start.Add(10*time.Second)); got != want {
+		t.Errorf("line\n%q\nwant\n%q", got, want)
+	}
+	p.total = 0
+	if got := p.line(s, start.Add(10*time.Second)); got != "51 messages (40 new, 10 duplicate, 1 failed), 5 msg/s" {
+		t.Errorf("without a total: %q", got)
+	}
+	var buf bytes.Buffer
+	p = &importProgress{w: &buf, on: true, now: func() time.Time { return start }, start: start}
+	p.finish(s)
+	if !strings.HasPrefix(buf.String(), "\r") || !strings.HasSuffix(buf.String(), "\n") {
+		t.Errorf("drawn %q", buf.String())
+	}
+}
