@@ -247,6 +247,24 @@ func TestConsoleInBrowser(t *testing.T) {
 	testutil.WaitFor(t, 20*time.Second, "the peer to receive the message", func() bool { return len(peer.Accepted()) == 1 })
 	do("connection page", chromedp.Navigate(n.API+"/connections/peer"), chromedp.WaitVisible(css(`#conn-status`)))
 	shot("07-connection")
+
+	// Pause delivery: the queue fills; the page shows the backlog and its
+	// entries; resume: the peer is caught up.
+	do("pause", chromedp.Click(`//button[text()="Pause delivery"]`), chromedp.WaitVisible(`//button[text()="Resume delivery"]`))
+	for i := 2; i <= 4; i++ {
+		if r, err := testutil.Send(extra, "alice@example.com", []string{"bob@example.org"}, msgN("paused", i)); err != nil || r.Code != 250 {
+			t.Fatalf("send while paused: %v %v", r, err)
+		}
+	}
+	do("backlog", chromedp.Navigate(n.API+"/connections/peer"), chromedp.WaitVisible(`//td[contains(., "…")]`))
+	shot("07b-connection-paused")
+	do("purge confirmation", chromedp.Navigate(n.API+"/connections/peer/purge"), chromedp.WaitVisible(css(`#confirm`)))
+	shot("07c-purge-confirm")
+	do("resume", chromedp.Navigate(n.API+"/connections/peer"), chromedp.Click(`//button[text()="Resume delivery"]`),
+		chromedp.WaitVisible(`//button[text()="Pause delivery"]`))
+	resumed := time.Now()
+	testutil.WaitFor(t, 20*time.Second, "the peer to catch up", func() bool { return len(peer.Accepted()) == 4 })
+	t.Logf("caught up %s after resume", time.Since(resumed).Round(10*time.Millisecond))
 	do("connections list", chromedp.Navigate(n.API+"/connections"), chromedp.WaitVisible(css(`#connections-table`)))
 	shot("08-connections")
 

@@ -23,7 +23,8 @@ type connectionPageData struct {
 	Config   string
 	Dead     bool // the dead-letter tab is shown
 	Entries  []queue.Entry
-	More     bool // the list was cut at queueShown
+	Subjects map[string]string // by message id, for the entries listed
+	More     bool              // the list was cut at queueShown
 	ReadOnly bool
 	Paused   bool
 }
@@ -59,6 +60,12 @@ func (c *console) connectionPage(w http.ResponseWriter, r *http.Request, sess ui
 	d.Entries = list.Entries
 	if len(d.Entries) > queueShown {
 		d.Entries, d.More = d.Entries[:queueShown], true
+	}
+	d.Subjects = map[string]string{}
+	for _, e := range d.Entries {
+		if m, err := c.s.message(r.Context(), e.HashHex); err == nil {
+			d.Subjects[e.HashHex] = m.Headers.Subject
+		}
 	}
 	p := c.page(r, sess, "Connection "+name, d)
 	p.Live = true
