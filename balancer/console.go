@@ -234,7 +234,11 @@ type overviewData struct {
 }
 
 func (c *console) overview(w http.ResponseWriter, r *http.Request) {
-	sess, ok := c.sessions.Get(r)
+	get := c.sessions.Get
+	if r.Header.Get("X-Console-Refresh") != "" {
+		get = c.sessions.Peek // the page's own refresh keeps no session alive
+	}
+	sess, ok := get(r)
 	if !ok {
 		http.Redirect(w, r, "/login", http.StatusSeeOther)
 		return

@@ -783,3 +783,41 @@ func TestConsoleJournalReport(t *testing.T) {
 		t.Errorf("download: %d %v", a.code, a.h)
 	}
 }
+
+// pagedArchive has two pages of results.
+type pagedArchive struct{ *fakeArchive }
+
+func (p pagedArchive) Search(ctx context.Context, q archive.Query) (archive.Page, error) {
+	page, err := p.fakeArchive.Search(ctx, q)
+	if err == nil && q.Cursor == "" {
+		page.NextCursor = "page2"
+	}
+	return page, err
+}
+
+func TestConsoleArchiveSearchPaging(t *testing.T) {
+	t.Parallel()
+	n := newConsoleNode(t, func(o *Options) { o.Archive = pagedArchive{newFakeArchive([]byte("Subject: s\r\n\r\nx\r\n"))} })
+	b := n.browser(t)
+	b.login("viewer", "viewer-password")
+	a := b.get("/archive?subject=s&from=&q=")
+	if a.code != 200 || !strings.Contains(a.body, `href="/archive?cursor=page2&amp;subject=s" rel="next"`) || strings.Contains(a.body, "First page") {
+		t.Fatalf("first page: %d\n%s", a.code, a.body)
+	}
+	if q := n.s.opts.Archive.(pagedArchive).lastQuery; q.Subject != "s" || q.Limit != 25 {
+		t.Errorf("query: %+v", q)
+	}
+	a = b.get("/archive?cursor=page2&subject=s")
+	if !strings.Contains(a.body, `href="/archive?subject=s">« First page`) || strings.Contains(a.body, `rel="next"`) {
+		t.Errorf("second page:\n%s", a.body)
+	}
+	// Bad input: beside its field, or at the top when it is no field's.
+	a = b.get("/archive?after=yesterday")
+	if a.code != http.StatusBadRequest || !strings.Contains(a.body, `<span class="error" id="s-after-err">`) {
+		t.Errorf("bad date: %d\n%s", a.code, a.body)
+	}
+	a = b.get("/archive?cursor=bogus")
+	if a.code != http.StatusBadRequest || !strings.Contains(a.body, "cursor: not a cursor") {
+		t.Errorf("bad cursor: %d\n%s", a.code, a.body)
+	}
+}
