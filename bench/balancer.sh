@@ -16,6 +16,8 @@
 #                     session here); chainmail-info also writes its session
 #                     line per session to a file
 #   STRACE=1          also count chainmail's splice(2) calls in an extra run
+# The "cpu us/sess" column is the proxy's own CPU time (user+system) per
+# session over the measured time; for "direct" it is the two smtp-sinks'.
 #   KEEP=1            keep the temporary directory (configs, logs)
 #   PORT_BASE=13100   ports: +1,+2 smtp-sink, +3 haproxy, +4 nginx,
 #                     +5 chainmail, +6 chainmail-info; all on 127.0.0.1
@@ -101,7 +103,9 @@ start_all() {
 	local user=()
 	[ "$(id -u)" = 0 ] && user=(-u nobody)
 	start sink1 /usr/sbin/smtp-sink "${user[@]}" "$S1" 4096
+	PID_direct=$LAST_PID
 	start sink2 /usr/sbin/smtp-sink "${user[@]}" "$S2" 4096
+	PID_direct="$PID_direct,$LAST_PID"
 	wait_port "$S1"
 	wait_port "$S2"
 
@@ -122,6 +126,7 @@ start_all() {
 		    server s2 $S2
 	EOF
 	start haproxy /usr/sbin/haproxy -db -f "$TMP/haproxy.cfg"
+	PID_haproxy=$LAST_PID
 
 	cat >"$TMP/nginx.conf" <<-EOF
 		load_module /usr/lib/nginx/modules/ngx_stream_module.so;
@@ -136,6 +141,7 @@ start_all() {
 		}
 	EOF
 	start nginx /usr/sbin/nginx -p "$TMP" -c "$TMP/nginx.conf"
+	PID_nginx=$LAST_PID
 
 	for pair in "chainmail:$CM:warn" "chainmail-info:$CMI:info"; do
 		IFS=: read -r name host port level <<<"$pair"
@@ -152,12 +158,22 @@ start_all() {
 			        - {name: s2, address: "$S2"}
 		EOF
 		start "$name" "$TMP/chainmail" balance -c "$TMP/$name.yaml"
-		if [ "$name" = chainmail ]; then CM_MAIN_PID=$LAST_PID; fi
+		if [ "$name" = chainmail ]; then CM_MAIN_PID=$LAST_PID; else CM_INFO_PID=$LAST_PID; fi
 	done
 	wait_port "$HA"
 	wait_port "$NG"
 	wait_port "$CM"
 	wait_port "$CMI"
+}
+
+pids_of() { # the processes whose CPU time a run measures
+	case $1 in
+	direct) echo "$PID_direct" ;; # the backends themselves
+	haproxy) echo "$PID_haproxy" ;;
+	nginx) echo "$PID_nginx,$(pgrep -d, -P "$PID_nginx")" ;;
+	chainmail) echo "$CM_MAIN_PID" ;;
+	chainmail-info) echo "$CM_INFO_PID" ;;
+	esac
 }
 
 addr_of() {
@@ -189,14 +205,14 @@ main() {
 	for m in $MSGS; do
 		for r in $(seq "$REPEAT"); do
 			for t in $TARGETS; do
-				out=$("$TMP/balancerload" -addrs "$(addr_of "$t")" -c "$CONC" -m "$m" -size "$SIZE" -d "$DURATION")
+				out=$("$TMP/balancerload" -addrs "$(addr_of "$t")" -pids "$(pids_of "$t")" -c "$CONC" -m "$m" -size "$SIZE" -d "$DURATION")
 				echo "$m $t $out" >>"$TMP/results"
 				log "m=$m run $r $t: $out"
 			done
 		done
 	done
 
-	printf '\n%-16s %5s %12s %12s %9s %14s %14s %14s %14s\n' target msgs sessions/s messages/s "vs direct" "p50 ms" "p99 ms" "added p50" "added p99"
+	printf '\n%-16s %5s %12s %12s %9s %9s %9s %10s %10s %12s\n' target msgs sessions/s messages/s "vs direct" "p50 ms" "p99 ms" "added p50" "added p99" "cpu us/sess"
 	for m in $MSGS; do
 		# Latency: the whole session with one message per connection, one
 		# mail transaction (MAIL to the 250 after DATA) with reused ones.
@@ -204,16 +220,17 @@ main() {
 		[ "$m" -gt 1 ] && lat=mail
 		local d_rate d50 d99
 		for t in $TARGETS; do
-			local lines rate mrate p50 p99
+			local lines rate mrate p50 p99 cpu
 			lines=$(awk -v m="$m" -v t="$t" '$1==m && $2==t' "$TMP/results")
 			rate=$(while read -r l; do field "$l" sessions_per_s; done <<<"$lines" | median)
 			mrate=$(while read -r l; do field "$l" messages_per_s; done <<<"$lines" | median)
 			p50=$(while read -r l; do field "$l" ${lat}_p50_ms; done <<<"$lines" | median)
 			p99=$(while read -r l; do field "$l" ${lat}_p99_ms; done <<<"$lines" | median)
+			cpu=$(while read -r l; do field "$l" cpu_us_per_session; done <<<"$lines" | median)
 			if [ "$t" = direct ]; then d_rate=$rate d50=$p50 d99=$p99; fi
-			printf '%-16s %5s %12s %12s %8.0f%% %14s %14s %14.3f %14.3f\n' "$t" "$m" "$rate" "$mrate" \
+			printf '%-16s %5s %12s %12s %8.0f%% %9s %9s %10.3f %10.3f %12s\n' "$t" "$m" "$rate" "$mrate" \
 				"$(awk -v a="$mrate" -v b="${d_rate:-$rate}" -v m="$m" 'BEGIN{print 100*a/(b*m)}')" "$p50" "$p99" \
-				"$(awk -v a="$p50" -v b="${d50:-$p50}" 'BEGIN{print a-b}')" "$(awk -v a="$p99" -v b="${d99:-$p99}" 'BEGIN{print a-b}')"
+				"$(awk -v a="$p50" -v b="${d50:-$p50}" 'BEGIN{print a-b}')" "$(awk -v a="$p99" -v b="${d99:-$p99}" 'BEGIN{print a-b}')" "$cpu"
 		done
 	done
 	if grep -q '"level":"error"' "$TMP"/chainmail*.out; then

@@ -30,13 +30,14 @@ func main() {
 	dur := flag.Duration("d", 10*time.Second, "measuring time (after warm-up)")
 	warm := flag.Duration("warmup", time.Second, "warm-up time, not measured")
 	maxSessions := flag.Int64("max", 10_000_000, "stop after this many sessions in all")
+	pids := flag.String("pids", "", "comma-separated PIDs whose CPU time (user+system) is measured over the measuring time")
 	flag.Parse()
 	list := strings.Split(*addrs, ",")
 	if *addrs == "" || *conc < 1 || *msgs < 1 {
 		flag.Usage()
 		os.Exit(2)
 	}
-	r := run(list, *conc, *msgs, body(*size), *warm, *dur, *maxSessions)
+	r := run(list, *conc, *msgs, body(*size), *warm, *dur, *maxSessions, *pids)
 	fmt.Println(r)
 	if r.errors > 0 {
 		fmt.Fprintf(os.Stderr, "balancerload: %d failed sessions; first: %v\n", r.errors, r.firstErr)
@@ -56,6 +57,7 @@ func body(n int) []byte {
 }
 
 type result struct {
+	cpu               time.Duration // of -pids, over the measuring time
 	elapsed           time.Duration
 	sessions, mails   int64
 	errors            int64
@@ -75,13 +77,42 @@ func pct(d []time.Duration, p float64) float64 {
 
 func (r result) String() string {
 	s := r.elapsed.Seconds()
+	cpu := 0.0
+	if r.sessions > 0 {
+		cpu = float64(r.cpu.Microseconds()) / float64(r.sessions)
+	}
 	return fmt.Sprintf("sessions_per_s=%.0f messages_per_s=%.0f sessions=%d errors=%d "+
-		"session_p50_ms=%.3f session_p99_ms=%.3f greeting_p50_ms=%.3f greeting_p99_ms=%.3f mail_p50_ms=%.3f mail_p99_ms=%.3f",
+		"session_p50_ms=%.3f session_p99_ms=%.3f greeting_p50_ms=%.3f greeting_p99_ms=%.3f mail_p50_ms=%.3f mail_p99_ms=%.3f cpu_us_per_session=%.1f",
 		float64(r.sessions)/s, float64(r.mails)/s, r.sessions, r.errors,
-		pct(r.session, .5), pct(r.session, .99), pct(r.greeting, .5), pct(r.greeting, .99), pct(r.mail, .5), pct(r.mail, .99))
+		pct(r.session, .5), pct(r.session, .99), pct(r.greeting, .5), pct(r.greeting, .99), pct(r.mail, .5), pct(r.mail, .99), cpu)
 }
 
-func run(addrs []string, conc, msgs int, msg []byte, warm, dur time.Duration, maxSessions int64) result {
+// cpuTime is the user+system time of the processes, from /proc (in
+// USER_HZ ticks, 100 per second on Linux).
+func cpuTime(pids string) time.Duration {
+	var ticks int64
+	for _, pid := range strings.Split(pids, ",") {
+		if pid == "" {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + pid + "/stat")
+		if err != nil {
+			continue
+		}
+		// Fields after the ")" that ends the command name: state is 3rd,
+		// utime 14th and stime 15th of the whole line.
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(f) > 12 {
+			var u, s int64
+			fmt.Sscan(f[11], &u)
+			fmt.Sscan(f[12], &s)
+			ticks += u + s
+		}
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond
+}
+
+func run(addrs []string, conc, msgs int, msg []byte, warm, dur time.Duration, maxSessions int64, pids string) result {
 	var (
 		measuring atomic.Bool
 		stop      atomic.Bool
@@ -130,11 +161,13 @@ func run(addrs []string, conc, msgs int, msg []byte, warm, dur time.Duration, ma
 		}()
 	}
 	time.Sleep(warm)
+	cpu0 := cpuTime(pids)
 	measuring.Store(true)
 	start := time.Now()
 	time.Sleep(dur)
 	measuring.Store(false)
 	res.elapsed = time.Since(start)
+	res.cpu = cpuTime(pids) - cpu0
 	stop.Store(true)
 	wg.Wait()
 	return res
