@@ -61,6 +61,12 @@ func FuzzDecodeSubaddress(f *testing.F) {
 		f.Add(s, "+")
 	}
 	f.Fuzz(func(t *testing.T, rcpt, sep string) {
+		// Decoding for one mailbox is decoding, restricted.
+		if a, ok := DecodeMailboxSubaddress(rcpt, "archive@archive.example", sep); ok {
+			if b, ok2 := DecodeSubaddress(rcpt, sep); !ok2 || a != b {
+				t.Fatalf("DecodeMailboxSubaddress(%q, %q) = %q, DecodeSubaddress = %q, %v", rcpt, sep, a, b, ok2)
+			}
+		}
 		addr, ok := DecodeSubaddress(rcpt, sep)
 		if !ok {
 			if addr != "" {
