@@ -28,13 +28,22 @@ fmt-check:
 test: deps fmt-check vet
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
-# Short fuzzing runs of every parser (seed corpora already run in make test).
+# Short fuzzing runs of every parser of untrusted bytes (their seed corpora
+# already run in make test). FUZZTIME per target.
 FUZZTIME ?= 30s
+FUZZ_TARGETS := \
+	./internal/config:FuzzParse ./internal/envelope:FuzzReceive \
+	./archive:FuzzParseHeaders ./archive:FuzzParseCommonDate \
+	./journal:FuzzParse ./journal:FuzzUnwrapNDR ./journal:FuzzDecodeSubaddress \
+	./listener:FuzzSession ./web:FuzzParseQuery ./web:FuzzConsoleMIMEParts \
+	./balancer:FuzzParseConfig ./balancer:FuzzReadReply \
+	./cmd/chainmail:FuzzSplitMbox ./cmd/chainmail:FuzzMboxRoundTrip ./cmd/chainmail:FuzzMaildirNames
 fuzz:
-	$(GO) test ./internal/config -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
-	$(GO) test ./internal/envelope -run '^$$' -fuzz FuzzReceive -fuzztime $(FUZZTIME)
-	$(GO) test ./archive -run '^$$' -fuzz FuzzParseHeaders -fuzztime $(FUZZTIME)
-	$(GO) test ./journal -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "== $$pkg $$fn"; \
+		$(GO) test $$pkg -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) || exit 1; \
+	done
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./archive ./internal/... ./journal

@@ -29,6 +29,7 @@ func TestImportDirection(t *testing.T) {
 		"chainmail/internal/envelope":   {"listener", "route", "archive", "queue", "forwarder", "web", "balancer", "journal", "internal/store", "internal/config", "internal/liveconfig"},
 		"chainmail/internal/store":      {"listener", "route", "archive", "queue", "forwarder", "web", "balancer", "journal", "internal/config", "internal/envelope", "internal/liveconfig"},
 		"chainmail/internal/liveconfig": {"listener", "route", "archive", "queue", "forwarder", "web", "balancer"},
+		"chainmail/internal/ui":         {"listener", "route", "archive", "queue", "forwarder", "web", "balancer", "journal", "internal/store", "internal/config", "internal/envelope", "internal/liveconfig"},
 	}
 	dec := json.NewDecoder(strings.NewReader(string(out)))
 	seen := 0
