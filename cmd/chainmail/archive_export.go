@@ -109,8 +109,13 @@ func exportEML(ctx context.Context, cl *apiClient, q url.Values, dir, part strin
 		var n int64
 		err = writeFileAtomic(path, func(w io.Writer) error {
 			var err error
-			n, _, err = fetchVerified(ctx, cl, id, part, w)
-			return err
+			if n, _, err = fetchVerified(ctx, cl, id, part, w); err != nil {
+				return err
+			}
+			// An interrupt that came while the message was fetched
+			// stops here: what is in place is exactly what was done
+			// before it, whatever the timing of the last download.
+			return ctx.Err()
 		})
 		if err != nil {
 			return err
