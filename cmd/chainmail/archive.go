@@ -170,10 +170,27 @@ func (c *archiveCLI) newFlagSet(name, synopsis string) *flag.FlagSet {
 	return fs
 }
 
-// parse parses flags that may come before, after or between the
-// positional arguments (the flag package stops at the first positional),
-// and checks the count of positionals.
+// parse parses flags and checks the count of positionals.
 func (c *archiveCLI) parse(fs *flag.FlagSet, args []string, positionals int) ([]string, error) {
+	pos, err := c.parseFlags(fs, args)
+	if err != nil {
+		return nil, err
+	}
+	if len(pos) != positionals {
+		want := "no arguments"
+		if positionals == 1 {
+			want = "one message ID"
+		}
+		fmt.Fprintf(c.stderr, "chainmail %s: want %s, got %d (see -h)\n", fs.Name(), want, len(pos))
+		return nil, errUsage
+	}
+	return pos, nil
+}
+
+// parseFlags parses flags that may come before, after or between the
+// positional arguments (the flag package stops at the first positional)
+// and returns the positionals.
+func (c *archiveCLI) parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
@@ -185,20 +202,11 @@ func (c *archiveCLI) parse(fs *flag.FlagSet, args []string, positionals int) ([]
 		}
 		args = fs.Args()
 		if len(args) == 0 {
-			break
+			return pos, nil
 		}
 		pos = append(pos, args[0])
 		args = args[1:]
 	}
-	if len(pos) != positionals {
-		want := "no arguments"
-		if positionals == 1 {
-			want = "one message ID"
-		}
-		fmt.Fprintf(c.stderr, "chainmail %s: want %s, got %d (see -h)\n", fs.Name(), want, len(pos))
-		return nil, errUsage
-	}
-	return pos, nil
 }
 
 func (c *archiveCLI) search(ctx context.Context, args []string) error {

@@ -190,21 +190,9 @@ func (c queueCLI) action(ctx context.Context, af *apiFlags, name, action, format
 
 // parseUpTo parses flags anywhere among at most max positionals.
 func (c queueCLI) parseUpTo(fs *flag.FlagSet, args []string, max int) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, err
-			}
-			fmt.Fprintf(c.stderr, "chainmail %s: %v (see -h)\n", fs.Name(), err)
-			return nil, errUsage
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			break
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
+	pos, err := c.parseFlags(fs, args)
+	if err != nil {
+		return nil, err
 	}
 	if len(pos) > max {
 		fmt.Fprintf(c.stderr, "chainmail %s: too many arguments (see -h)\n", fs.Name())
