@@ -255,7 +255,7 @@ wait_timewait() {
 	done
 }
 
-median() { tr ' ' '\n' | grep . | sort -n | awk '{v[NR]=$1} END{print (NR%2) ? v[(NR+1)/2] : int((v[NR/2]+v[NR/2+1])/2)}'; }
+median() { tr ' ' '\n' | { grep . || true; } | sort -n | awk '{v[NR]=$1} END{if (NR == 0) exit; print (NR%2) ? v[(NR+1)/2] : int((v[NR/2]+v[NR/2+1])/2)}'; }
 
 # --- main -----------------------------------------------------------------
 
