@@ -112,3 +112,21 @@ s.quit()
 	}
 	testutil.CheckBolt(t, filepath.Join(n.Dir, "data", "chainmail.db"))
 }
+
+// TestArchiveVerifyCLI: `chainmail archive verify` reads the archive back
+// through a running node and finds it intact.
+func TestArchiveVerifyCLI(t *testing.T) {
+	t.Parallel()
+	cfg, addr := nodeConfig(t, "")
+	n := testutil.StartNode(t, cfg)
+	for i := range 5 {
+		m := []byte(fmt.Sprintf("Subject: verify %d\r\n\r\n%s\r\n", i, strings.Repeat("line\r\n", i*1000)))
+		if r, err := testutil.Send(addr, "a@example.com", []string{"b@example.org"}, m); err != nil || r.Code != 250 {
+			t.Fatalf("send: %v %v", r, err)
+		}
+	}
+	out, err := exec.Command(testutil.Binary(t), "archive", "verify", "--api", n.API, "--token", testutil.Token).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "messages  5") || !strings.Contains(string(out), "damaged   0") {
+		t.Fatalf("verify: %v\n%s", err, out)
+	}
+}

@@ -205,6 +205,7 @@ func (s *Server) routes() {
 	s.handle("GET", "/api/v1/archive/messages/{id}", accessAPI, s.handleMessage)
 	s.handle("GET", "/api/v1/archive/messages/{id}/raw", accessAPI, s.handleRaw)
 	s.handle("GET", "/api/v1/archive/digest", accessAPI, s.handleDigest)
+	s.handle("GET", "/api/v1/archive/verify", accessAPI, s.handleVerify)
 	s.handle("GET", "/api/v1/connections", accessAPI, s.handleConnections)
 	s.handle("GET", "/api/v1/connections/{name}", accessAPI, s.handleConnection)
 	s.handle("POST", "/api/v1/connections", accessAPI, s.handleConfigWrite("connections", true))

@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -34,6 +35,8 @@ commands:
   digest  [--json]                            message count and archive digest
   export  --format mbox|eml -o PATH [filters] write messages to an mbox file or
                                               a folder of <id>.eml files
+  verify  [--json]                            read every message back against its id
+                                              (admin; exit 1 if any is damaged)
 
 Every command talks to a running node's API and takes
   --api URL        (env CHAINMAIL_API, default http://127.0.0.1:8090)
@@ -77,7 +80,7 @@ func (c *archiveCLI) run(ctx context.Context, args []string) int {
 		return 2
 	}
 	cmds := map[string]func(context.Context, []string) error{
-		"search": c.search, "show": c.show, "raw": c.raw, "digest": c.digest, "export": c.export,
+		"search": c.search, "show": c.show, "raw": c.raw, "digest": c.digest, "export": c.export, "verify": c.verify,
 	}
 	name := args[0]
 	if name == "-h" || name == "-help" || name == "--help" || name == "help" {
@@ -582,6 +585,40 @@ func (c *archiveCLI) digest(ctx context.Context, args []string) error {
 		return writeIndented(c.stdout, d)
 	}
 	fmt.Fprintf(c.stdout, "messages  %d\nsha256    %s\n", d.Count, d.SHA256)
+	return nil
+}
+
+func (c *archiveCLI) verify(ctx context.Context, args []string) error {
+	fs := c.newFlagSet("verify", "[--json]")
+	var af apiFlags
+	af.register(fs)
+	asJSON := fs.Bool("json", false, "print the API's JSON")
+	if _, err := c.parse(fs, args, 0); err != nil {
+		return err
+	}
+	cl, err := c.client(&af)
+	if err != nil {
+		return err
+	}
+	// The node reads its whole archive before it answers.
+	cl.http.Transport.(*http.Transport).ResponseHeaderTimeout = 0
+	var v archive.Verification
+	if err := cl.getJSON(ctx, "/api/v1/archive/verify", nil, &v); err != nil {
+		return err
+	}
+	if *asJSON {
+		if err := writeIndented(c.stdout, v); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(c.stdout, "messages  %d\nbytes     %d\ndamaged   %d\n", v.Messages, v.Bytes, len(v.Damaged))
+		for _, d := range v.Damaged {
+			fmt.Fprintf(c.stdout, "  %s  %s\n", d.ID, d.Problem)
+		}
+	}
+	if len(v.Damaged) > 0 {
+		return fmt.Errorf("%d damaged messages", len(v.Damaged))
+	}
 	return nil
 }
 

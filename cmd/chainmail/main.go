@@ -28,7 +28,7 @@ commands:
   serve   [-c chainmail.yaml]   run a node; with no file, the embedded default
   balance  -c balancer.yaml     run the balancer tier
   check    -c FILE              validate a configuration, print every error
-  archive  search|show|raw|export|digest   query a running node's archive
+  archive  search|show|raw|export|digest|verify   query a running node's archive
   queue    ls|retry|purge                  a running node's outbound queues
   import   [--smtp ADDR] PATH...           submit .eml, mbox and Maildir messages to a node's listener
   passwd                        print a bcrypt hash of a password (for auth users)
