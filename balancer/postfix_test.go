@@ -1,149 +1,38 @@
 package balancer
 
 import (
-	"bytes"
 	"fmt"
-	"net"
-	"os"
-	"os/exec"
-	"os/user"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
+
+	"chainmail/internal/testutil"
 )
 
-const (
-	postfixCmd    = "/usr/sbin/postfix"
-	postfixMaster = "/usr/lib/postfix/sbin/master"
-)
-
-// postfixInstance is a private Postfix on loopback: its own configuration,
-// queue and log under a temporary directory, every transport "discard", so
-// nothing can leave the machine.
+// postfixInstance is a private Postfix on loopback (testutil.StartPostfix)
+// with two smtpd services, every transport "discard": nothing can leave
+// the machine.
 type postfixInstance struct {
-	dir    string
-	plain  string // smtpd address
-	proxy  string // smtpd address expecting a PROXY header
-	log    string
-	master *exec.Cmd
+	*testutil.Postfix
+	plain string // smtpd address
+	proxy string // smtpd address expecting a PROXY header
 }
-
-// The services smtpd needs, none chrooted (the queue is a temp dir).
-const postfixMasterCf = `%s inet n - n - - smtpd
-%s inet n - n - - smtpd -o smtpd_upstream_proxy_protocol=haproxy
-pickup    unix  n - n 60 1 pickup
-cleanup   unix  n - n - 0 cleanup
-qmgr      unix  n - n 300 1 qmgr
-rewrite   unix  - - n - - trivial-rewrite
-bounce    unix  - - n - 0 bounce
-defer     unix  - - n - 0 bounce
-trace     unix  - - n - 0 bounce
-verify    unix  - - n - 1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n - - proxymap
-showq     unix  n - n - - showq
-error     unix  - - n - - error
-retry     unix  - - n - - error
-discard   unix  - - n - - discard
-anvil     unix  - - n - 1 anvil
-scache    unix  - - n - 1 scache
-postlog   unix-dgram n - n - 1 postlogd
-`
-
-const postfixMainCf = `compatibility_level = 3.6
-queue_directory = %[1]s/queue
-data_directory = %[1]s/data
-mail_owner = postfix
-inet_interfaces = loopback-only
-inet_protocols = ipv4
-myhostname = postfix.test
-mydestination =
-relay_domains =
-mynetworks = 127.0.0.0/8
-default_transport = discard:test
-local_transport = discard:test
-relay_transport = discard:test
-smtpd_relay_restrictions = permit_mynetworks, reject
-alias_maps =
-alias_database =
-maillog_file = %[1]s/maillog
-maillog_file_prefixes = %[1]s
-smtpd_banner = $myhostname ESMTP
-`
 
 func startPostfix(t *testing.T) *postfixInstance {
 	t.Helper()
-	if _, err := os.Stat(postfixMaster); err != nil {
-		t.Skipf("Postfix not installed (apt-get install postfix): %v", err)
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("a private Postfix instance needs root to start its master")
-	}
-	pf, err := user.Lookup("postfix")
-	if err != nil {
-		t.Skipf("no postfix user: %v", err)
-	}
-	dir, err := os.MkdirTemp("", "chainmail-postfix-") // not t.TempDir: Postfix wants root-owned parents
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if !t.Failed() {
-			os.RemoveAll(dir)
-		}
-	})
-	os.Chmod(dir, 0o755)
-	p := &postfixInstance{dir: dir, plain: freeAddr(t, "127.0.0.1"), proxy: freeAddr(t, "127.0.0.1"), log: filepath.Join(dir, "maillog")}
-	for _, d := range []string{"queue", "data"} {
-		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var uid, gid int
-	fmt.Sscan(pf.Uid, &uid)
-	fmt.Sscan(pf.Gid, &gid)
-	os.Chown(filepath.Join(dir, "data"), uid, gid)
-	os.WriteFile(filepath.Join(dir, "main.cf"), []byte(fmt.Sprintf(postfixMainCf, dir)), 0o644)
-	os.WriteFile(filepath.Join(dir, "master.cf"), []byte(fmt.Sprintf(postfixMasterCf, p.plain, p.proxy)), 0o644)
-	// "postfix check" creates the queue directories with their owners.
-	if out, err := exec.Command(postfixCmd, "-c", dir, "check").CombinedOutput(); err != nil {
-		t.Fatalf("postfix check: %v\n%s", err, out)
-	}
-	// The master in the foreground (-s), so it is our child and its PID ours.
-	p.master = exec.Command(postfixMaster, "-c", dir, "-s")
-	p.master.Env = append(os.Environ(), "MAIL_CONFIG="+dir)
-	var out bytes.Buffer
-	p.master.Stdout, p.master.Stderr = &out, &out
-	p.master.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM} // even if the test binary dies
-	if err := p.master.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		syscall.Kill(p.master.Process.Pid, syscall.SIGTERM) // the master stops its children
-		p.master.Wait()
-	})
-	waitFor(t, "Postfix smtpd on "+p.plain, func() bool {
-		if p.master.ProcessState != nil {
-			t.Fatalf("postfix master exited: %s", out.String())
-		}
-		c, err := net.DialTimeout("tcp", p.plain, time.Second)
-		if err != nil {
-			return false
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		_, err = smtpCheck(c, "") // politely: Postfix must log no lost connection
-		return err == nil
+	p := &postfixInstance{plain: freeAddr(t, "127.0.0.1"), proxy: freeAddr(t, "127.0.0.1")}
+	p.Postfix = testutil.StartPostfix(t, testutil.PostfixConfig{
+		Services: fmt.Sprintf("%s inet n - n - - smtpd\n%s inet n - n - - smtpd -o smtpd_upstream_proxy_protocol=haproxy\n", p.plain, p.proxy),
+		Main: `default_transport = discard:test
+local_transport = discard:test
+relay_transport = discard:test
+smtpd_banner = $myhostname ESMTP
+`,
+		Wait: p.plain,
 	})
 	return p
 }
 
-func (p *postfixInstance) logText() string {
-	b, _ := os.ReadFile(p.log)
-	return string(b)
-}
+func (p *postfixInstance) logText() string { return p.Log() }
 
 // TestPostfixSeesPoliteChecks runs smtp checks (plain, and with PROXY v1
 // and v2 headers) and client sessions against a real Postfix, whose log

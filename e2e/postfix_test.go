@@ -7,13 +7,9 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"os/exec"
-	"os/user"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -26,138 +22,29 @@ import (
 // directory, listening on loopback, delivering nowhere but to chainmail
 // (and, for the second recipe, to Maildirs under the test's directory).
 
-const postfixCmd = "/usr/sbin/postfix"
-
-// postfixMasterCf lists only the services the recipes use, none chrooted.
-const postfixMasterCf = `%s inet n - n - - smtpd
-pickup    unix  n - n 60 1 pickup
-cleanup   unix  n - n - 0 cleanup
-qmgr      unix  n - n 300 1 qmgr
-rewrite   unix  - - n - - trivial-rewrite
-bounce    unix  - - n - 0 bounce
-defer     unix  - - n - 0 bounce
-trace     unix  - - n - 0 bounce
-verify    unix  - - n - 1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n - - proxymap
-showq     unix  n - n - - showq
-error     unix  - - n - - error
-retry     unix  - - n - - error
-discard   unix  - - n - - discard
-smtp      unix  - - n - - smtp
-virtual   unix  - n n - - virtual
-anvil     unix  - - n - 1 anvil
-scache    unix  - - n - 1 scache
-postlog   unix-dgram n - n - 1 postlogd
-`
-
-// postfixMainCf is what both recipes share: loopback only, no DNS, no
-// local delivery, relaying for the loopback clients only.
-const postfixMainCf = `compatibility_level = 3.6
-queue_directory = %[1]s/queue
-data_directory = %[1]s/data
-mail_owner = postfix
-inet_interfaces = loopback-only
-inet_protocols = ipv4
-myhostname = postfix.test
-mydomain = postfix.test
-myorigin = $myhostname
-mydestination =
-relay_domains =
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject
-local_transport = error:no local delivery here
-alias_maps =
-alias_database =
-smtp_dns_support_level = disabled
-smtp_host_lookup = native
-biff = no
-maillog_file = %[1]s/maillog
-maillog_file_prefixes = %[1]s
-`
-
+// postfix is a throwaway Postfix (testutil.StartPostfix) whose smtpd takes
+// the test's submissions.
 type postfix struct {
-	dir   string
+	*testutil.Postfix
 	smtpd string // where to submit
 }
 
-// startPostfix runs 'postfix -c DIR start' on a fresh instance whose main.cf
-// is postfixMainCf plus extra ({{dir}} is the instance's directory), and
-// 'postfix -c DIR stop' at the end of the test.
+// startPostfix starts an instance whose main.cf gets extra ({{dir}},
+// {{uid}}, {{gid}} as testutil.PostfixConfig says), with no local delivery
+// and a mail/ directory for Maildirs.
 func startPostfix(t *testing.T, extra string) *postfix {
 	t.Helper()
-	if _, err := os.Stat(postfixCmd); err != nil {
-		t.Skipf("Postfix is not installed (scripts/deps.sh installs it): %v", err)
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("a Postfix instance needs root to start its master")
-	}
-	pf, err := user.Lookup("postfix")
-	if err != nil {
-		t.Skipf("no postfix user: %v", err)
-	}
-	uid, _ := strconv.Atoi(pf.Uid)
-	gid, _ := strconv.Atoi(pf.Gid)
-	dir := t.TempDir()
-	// The Postfix daemons run as the postfix user and must reach the
-	// queue: the test's directories are 0700 until opened up.
-	for d := dir; d != filepath.Dir(d) && strings.HasPrefix(d, os.TempDir()+"/"); d = filepath.Dir(d) {
-		os.Chmod(d, 0o755)
-	}
-	for _, d := range []string{"queue", "data", "mail"} {
-		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	os.Chown(filepath.Join(dir, "data"), uid, gid)
-	os.Chown(filepath.Join(dir, "mail"), uid, gid)
-	p := &postfix{dir: dir, smtpd: testutil.FreeAddr(t, "127.0.0.1")}
-	extra = strings.ReplaceAll(extra, "{{dir}}", dir)
-	extra = strings.ReplaceAll(extra, "{{uid}}", pf.Uid)
-	extra = strings.ReplaceAll(extra, "{{gid}}", pf.Gid)
-	write := func(name, s string) {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(s), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write("main.cf", fmt.Sprintf(postfixMainCf, dir)+extra)
-	write("master.cf", fmt.Sprintf(postfixMasterCf, p.smtpd))
-	if out, err := exec.Command(postfixCmd, "-c", dir, "start").CombinedOutput(); err != nil {
-		t.Fatalf("postfix start: %v\n%s\n%s", err, out, p.log())
-	}
-	master := 0
-	if b, err := os.ReadFile(filepath.Join(dir, "queue", "pid", "master.pid")); err == nil {
-		master, _ = strconv.Atoi(strings.TrimSpace(string(b)))
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command(postfixCmd, "-c", dir, "stop").CombinedOutput(); err != nil {
-			t.Errorf("postfix stop: %v\n%s", err, out)
-		}
-		// 'stop' signals the master; wait for it (and so its children)
-		// to be gone before the directory is removed.
-		deadline := time.Now().Add(20 * time.Second)
-		for master > 0 && syscall.Kill(master, 0) == nil && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
-		}
-		if t.Failed() {
-			t.Logf("Postfix log:\n%s", p.log())
-		}
-	})
-	testutil.WaitFor(t, 20*time.Second, "Postfix's smtpd on "+p.smtpd, func() bool {
-		c, err := net.DialTimeout("tcp", p.smtpd, time.Second)
-		if err != nil {
-			return false
-		}
-		c.Close()
-		return true
+	p := &postfix{smtpd: testutil.FreeAddr(t, "127.0.0.1")}
+	p.Postfix = testutil.StartPostfix(t, testutil.PostfixConfig{
+		Services: p.smtpd + " inet n - n - - smtpd\n",
+		Main:     "local_transport = error:no local delivery here\n" + extra,
+		Dirs:     []string{"mail"},
+		Wait:     p.smtpd,
 	})
 	return p
 }
 
-func (p *postfix) log() string {
-	b, _ := os.ReadFile(filepath.Join(p.dir, "maillog"))
-	return string(b)
-}
+func (p *postfix) log() string { return p.Log() }
 
 // submit hands Postfix a message for bob (To) and dave (Bcc: an envelope
 // recipient the header does not name).
@@ -276,7 +163,7 @@ virtual_gid_maps = static:{{gid}}
 `, host, port))
 	// One archive copy per recipient, the recipient encoded in the
 	// extension; the last "=" stands for the "@".
-	if err := os.WriteFile(filepath.Join(p.dir, "recipient_bcc"), []byte("/^(.+)@([^@]+)$/ archive+${1}=${2}@archive.example\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(p.Dir, "recipient_bcc"), []byte("/^(.+)@([^@]+)$/ archive+${1}=${2}@archive.example\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	p.submit(t, postfixMessage("recipe-2"))
@@ -300,7 +187,7 @@ virtual_gid_maps = static:{{gid}}
 
 	// dave's own copy, as Postfix's virtual(8) delivered it, names him in
 	// X-Original-To: imported, that is its envelope recipient.
-	maildir := filepath.Join(p.dir, "mail", "dave")
+	maildir := filepath.Join(p.Dir, "mail", "dave")
 	testutil.WaitFor(t, 20*time.Second, "the Maildir delivery", func() bool {
 		files, _ := maildirFiles(maildir)
 		return len(files) == 1
