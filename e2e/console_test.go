@@ -110,8 +110,9 @@ func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 // TestConsoleInBrowser walks the console as an operator does: log in, add
 // a listener through its form (after a refused attempt) and deliver mail to
 // it, add a connection, edit a route to forward to it, find the message in
-// the archive, download it, read the audit log; then drain a server on the
-// balancer's console page. Each page is saved as a PNG.
+// the archive, download it, read the audit log, add a read-only account and
+// log in as it; then drain a server on the balancer's console page. Each
+// page is saved as a PNG.
 func TestConsoleInBrowser(t *testing.T) {
 	chromium, err := exec.LookPath("chromium")
 	if err != nil {
@@ -324,6 +325,29 @@ func TestConsoleInBrowser(t *testing.T) {
 	do("phone listener form", chromedp.Navigate(n.API+"/listeners/extra/edit"), chromedp.WaitVisible(css(`#f-address`)))
 	shot("15-phone-listener-form")
 	do("desktop again", chromedp.EmulateViewport(1280, 900))
+
+	// Accounts: add a read-only account, log out, log in as it; it sees
+	// the list but no form that changes other accounts.
+	do("add a read-only account",
+		chromedp.Navigate(n.API+"/accounts"), chromedp.WaitVisible(css(`#a-name`)),
+		chromedp.SendKeys(css(`#a-name`), "viewer"),
+		chromedp.SetValue(css(`#a-role`), "read-only"),
+		chromedp.SendKeys(css(`#a-password`), "viewer password 1"),
+		chromedp.SendKeys(css(`#a-repeat`), "viewer password 1"),
+		chromedp.Click(submit),
+		chromedp.WaitVisible(css(`p.flash`)))
+	shot("15b-accounts")
+	do("log out and in as viewer",
+		chromedp.Click(css(`form.whoami button[type=submit]`)), chromedp.WaitVisible(css(`#user`)),
+		chromedp.SendKeys(css(`#user`), "viewer"),
+		chromedp.SendKeys(css(`#password`), "viewer password 1"),
+		chromedp.Click(submit),
+		chromedp.WaitVisible(css(`#traffic`)),
+		chromedp.Navigate(n.API+"/accounts"), chromedp.WaitVisible(css(`#accounts-table`)))
+	if page := text(`main`); !strings.Contains(page, "viewer (you)") || strings.Contains(page, "Add an account") {
+		t.Errorf("the read-only account's Accounts page:\n%s", page)
+	}
+	shot("15c-accounts-read-only")
 
 	// The balancer's console: log in with a token, drain server a.
 	base := "http://" + admin

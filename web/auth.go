@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"chainmail/internal/ui"
 )
 
 // Roles. A read-only caller may use every safe method (GET, HEAD); any
@@ -27,8 +29,12 @@ type Principal struct {
 	// ("web.api_tokens[0]") so that logs never carry a token.
 	Name string
 	Role string
-	// Via is "token" or "basic".
+	// Via is "token", "basic" or "session" (the console).
 	Via string
+	// session is the console session a request came with (Via
+	// "session"), so that a change of the caller's own password can end
+	// the account's other sessions and keep this one.
+	session ui.Session
 }
 
 type principalKey struct{}
@@ -155,22 +161,39 @@ func (a *authenticator) checkToken(t string) (Principal, bool) {
 	return Principal{Name: a.tokens[found].name, Role: a.tokens[found].role, Via: "token"}, true
 }
 
-// require authenticates the request, checks its role against its method,
-// and passes the principal on in the context.
-func (a *authenticator) require(next http.Handler, log *logrus.Entry) http.Handler {
+// require authenticates the request, checks it with allow (byRole or
+// byRoleOrOwn), and passes the principal on in the context.
+func (a *authenticator) require(next http.Handler, log *logrus.Entry, allow func(Principal, *http.Request) bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, err := a.authenticate(r)
 		if err != nil {
 			a.deny(w, r, log, err)
 			return
 		}
-		if !mayCall(p.Role, r.Method) {
+		if !allow(p, r) {
 			writeError(w, r, log, &Error{Status: http.StatusForbidden,
 				Msg: fmt.Sprintf("role %s may not %s", p.Role, r.Method)})
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
 	})
+}
+
+// byRole lets a request through by the role model alone (mayCall).
+func byRole(p Principal, r *http.Request) bool { return mayCall(p.Role, r.Method) }
+
+// byRoleOrOwn also lets any role change what is its own: a route whose
+// {name} is the caller's account (its password). The API and the console
+// use it for the same routes.
+func byRoleOrOwn(p Principal, r *http.Request) bool {
+	return byRole(p, r) || ownAccount(p, r.PathValue("name"))
+}
+
+// ownAccount tells whether name is the caller's console account: it logged
+// in with that account's password (Basic or a console session), not with a
+// token, whose name is a configuration path.
+func ownAccount(p Principal, name string) bool {
+	return (p.Via == "basic" || p.Via == "session") && p.Name != "" && p.Name == name
 }
 
 // mayCall is the whole role model: read-only callers may only read.

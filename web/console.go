@@ -112,6 +112,13 @@ func (s *Server) consoleRoutes() {
 		reg("POST /connections/{name}/"+a, c.act(func(w http.ResponseWriter, r *http.Request, sess ui.Session) { c.connectionAct(w, r, sess, a) }))
 	}
 	reg("GET /connections/{name}/purge", c.view(c.purgePage))
+
+	reg("GET /accounts", c.view(c.accountsPage))
+	reg("POST /accounts/new", c.act(c.accountCreateAct))
+	reg("GET /accounts/{name}/delete", c.view(c.accountDeletePage))
+	reg("POST /accounts/{name}/delete", c.act(c.accountDeleteAct))
+	reg("GET /accounts/{name}/password", c.view(c.accountPasswordPage))
+	reg("POST /accounts/{name}/password", c.actOwn(c.accountPasswordAct))
 }
 
 // view wraps a page: it needs a session (else the login page, which comes
@@ -137,6 +144,16 @@ const maxForm = 64 << 10
 // act wraps a change: a session, the CSRF token of that session, and the
 // admin role; then the same operation as the API.
 func (c *console) act(h func(http.ResponseWriter, *http.Request, ui.Session)) http.Handler {
+	return c.actIf(byRole, h)
+}
+
+// actOwn is act for the routes an account may use on itself whatever its
+// role (its password): the API's rule for the same change, byRoleOrOwn.
+func (c *console) actOwn(h func(http.ResponseWriter, *http.Request, ui.Session)) http.Handler {
+	return c.actIf(byRoleOrOwn, h)
+}
+
+func (c *console) actIf(allow func(Principal, *http.Request) bool, h func(http.ResponseWriter, *http.Request, ui.Session)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		sess, ok := c.sessions.Get(r)
 		if !ok {
@@ -155,19 +172,20 @@ func (c *console) act(h func(http.ResponseWriter, *http.Request, ui.Session)) ht
 				Msg: "This form is out of date or did not come from this console. Reload the page and try again."})
 			return
 		}
-		if !mayCall(sess.Role, r.Method) {
+		ctx := withSession(r.Context(), sess)
+		if p, _ := PrincipalFrom(ctx); !allow(p, r) {
 			c.fail(w, r, sess, &Error{Status: http.StatusForbidden,
 				Msg: "Your role (" + sess.Role + ") may look but not change anything."})
 			return
 		}
-		h(w, r.WithContext(withSession(r.Context(), sess)), sess)
+		h(w, r.WithContext(ctx), sess)
 	})
 }
 
 // withSession puts the session's user in the context as the principal, so
 // the operations (and the audit log) see who acts, as for an API call.
 func withSession(ctx context.Context, sess ui.Session) context.Context {
-	return context.WithValue(ctx, principalKey{}, Principal{Name: sess.User, Role: sess.Role, Via: "session"})
+	return context.WithValue(ctx, principalKey{}, Principal{Name: sess.User, Role: sess.Role, Via: "session", session: sess})
 }
 
 // nav is the console's navigation.
@@ -178,6 +196,7 @@ var nav = []ui.NavItem{
 	{Href: "/routes", Label: "Routes"},
 	{Href: "/connections", Label: "Connections"},
 	{Href: "/audit", Label: "Audit log"},
+	{Href: "/accounts", Label: "Accounts"},
 }
 
 // page fills the layout's fields for a session.

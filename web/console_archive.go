@@ -291,6 +291,8 @@ func (c *console) auditPage(w http.ResponseWriter, r *http.Request, sess ui.Sess
 		kind := e.Kind
 		if k := kindByName(kind); k.Singular != "" {
 			kind = k.Singular
+		} else if kind == AuditKindUsers {
+			kind = "account"
 		}
 		rows = append(rows, auditRow{At: e.At, By: e.By, Action: e.Action, Kind: kind, Name: e.Name, Changes: changes(e.Before, e.After)})
 	}

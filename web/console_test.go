@@ -50,6 +50,13 @@ func newConsoleNode(t *testing.T, edit func(*Options)) *consoleNode {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
+	return newConsoleNodeOn(t, db, edit)
+}
+
+// newConsoleNodeOn is newConsoleNode on a store the caller opened (and
+// closes), for tests that put more of the node in it.
+func newConsoleNodeOn(t *testing.T, db *store.DB, edit func(*Options)) *consoleNode {
+	t.Helper()
 	var file config.Node
 	if err := config.Parse("test.yaml", []byte(consoleFile), &file); err != nil {
 		t.Fatal(err)

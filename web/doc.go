@@ -18,7 +18,8 @@
 // which paths exist: a bearer token (compared in constant time against
 // web.api_tokens, role admin, and web.read_only_tokens, role read-only) or
 // HTTP Basic with a console account (Users, bcrypt hashes in the node's
-// bbolt file). GET and HEAD need any role; every other method needs admin.
+// bbolt file). GET and HEAD need any role; every other method needs admin,
+// but an account may set its own password (accessOwn).
 // Failed attempts are counted per client IP and an IP over the limit gets
 // 429 without its credentials being checked, so guessing costs time.
 // /healthz is open (load balancers and orchestrators probe it); /metrics is
@@ -30,8 +31,17 @@
 //	                     "created": RFC 3339, "changed": RFC 3339}
 //
 // Only bcrypt hashes are stored. EnsureAdmin creates "admin" with a random
-// password once, on the first start, and returns the password so that cmd
-// can print it exactly once.
+// password when there is no account at all (the first start), and returns
+// the password so that cmd can print it exactly once. Create, Delete and
+// SetPassword (/api/v1/users and the console's Accounts page) record each
+// change in liveconfig's audit bucket in the same transaction
+// (liveconfig.Record, kind "users"; never a hash). The last account with
+// the admin role cannot be deleted: Delete counts them in its transaction.
+// A change of credentials empties the Basic-auth cache and ends the
+// account's console sessions.
+//
+// Names are 1–64 of [a-z0-9._@-], starting with a letter or digit;
+// passwords are 12–72 bytes (bcrypt reads at most 72).
 //
 // # Console
 //
@@ -41,7 +51,9 @@
 // SameSite=Strict cookie, Secure over TLS; a restart logs everybody out);
 // the session's user is the Principal of every operation, so the audit log
 // and the read-only rules see the console as they see the API. Every POST
-// needs the session's CSRF token and the admin role. The traffic chart
+// needs the session's CSRF token and the admin role — except an account's
+// change of its own password, which any role may make (byRoleOrOwn, the
+// same rule as the API route's). The traffic chart
 // samples the node's counters from the registry, in a goroutine that Serve
 // owns.
 //

@@ -87,8 +87,10 @@ type Options struct {
 	ReadOnlyTokens []string
 	// MetricsAuth puts /metrics behind the same auth as the API.
 	MetricsAuth bool
-	// Users checks HTTP Basic logins (the console admin account); nil
-	// turns Basic off.
+	// Users checks HTTP Basic and console logins; nil turns them off.
+	// When it is also an AccountStore (*Users is), /api/v1/users and the
+	// console's Accounts page manage the accounts; otherwise they answer
+	// 404.
 	Users UserChecker
 	// LoginLimit defaults to 10 failures per 5 minutes.
 	LoginLimit LoginLimit
@@ -220,6 +222,10 @@ func (s *Server) routes() {
 	}
 	s.handle("GET", "/api/v1/config", accessAPI, s.handleConfigYAML)
 	s.handle("GET", "/api/v1/audit", accessAPI, s.handleAudit)
+	s.handle("GET", "/api/v1/users", accessAPI, s.handleUsers)
+	s.handle("POST", "/api/v1/users", accessAPI, s.handleUserCreate)
+	s.handle("DELETE", "/api/v1/users/{name}", accessAPI, s.handleUserDelete)
+	s.handle("POST", "/api/v1/users/{name}/password", accessOwn, s.handleUserPassword)
 	s.handle("GET", "/api/v1/connections/{name}/queue", accessAPI, s.handleQueue)
 	for _, action := range []string{"retry", "purge", "pause", "resume"} {
 		s.handle("POST", "/api/v1/connections/{name}/"+action, accessAPI, s.handleConnectionAction(action))
@@ -245,6 +251,9 @@ type access int
 const (
 	accessOpen access = iota // anyone (/healthz)
 	accessAPI                // a token or account; writes need admin
+	// accessOwn: as accessAPI, and an account may also write to its own
+	// {name} (its password), whatever its role.
+	accessOwn
 )
 
 // handle registers "METHOD path" with auth and instrumentation, and a
@@ -281,8 +290,11 @@ func allowHeader(methods []string) string {
 // pattern is the metrics label, so its cardinality is the route count.
 func (s *Server) wrap(pattern string, acc access, h http.HandlerFunc) http.Handler {
 	var next http.Handler = h
-	if acc == accessAPI {
-		next = s.auth.require(next, s.log)
+	switch acc {
+	case accessAPI:
+		next = s.auth.require(next, s.log, byRole)
+	case accessOwn:
+		next = s.auth.require(next, s.log, byRoleOrOwn)
 	}
 	return s.metrics.instrument(pattern, next)
 }

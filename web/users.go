@@ -8,12 +8,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/crypto/bcrypt"
 
+	"chainmail/internal/liveconfig"
 	"chainmail/internal/store"
 )
 
@@ -29,8 +32,51 @@ const (
 	maxPassword = 72
 )
 
-// ErrNoUser is returned by SetPassword for an unknown account.
-var ErrNoUser = errors.New("web: no such user")
+// maxUserName bounds an account name; names are also path segments of
+// the API and the console, and appear in logs and the audit log.
+const maxUserName = 64
+
+// AuditKindUsers is the kind of the audit entries of account changes.
+const AuditKindUsers = "users"
+
+var (
+	// ErrNoUser: no account of that name.
+	ErrNoUser = errors.New("web: no such user")
+	// ErrUserExists: Create with a name that is taken.
+	ErrUserExists = errors.New("web: user exists")
+	// ErrLastAdmin: Delete of the only account with the admin role,
+	// which would leave nobody able to manage the node from the console.
+	ErrLastAdmin = errors.New("web: the last admin account cannot be deleted")
+)
+
+// InvalidAccount is an account change that failed validation; Fields maps
+// "name", "role" or "password" to what is wrong with it (every problem at
+// once).
+type InvalidAccount struct {
+	Fields map[string]string
+}
+
+func (e *InvalidAccount) Error() string {
+	keys := make([]string, 0, len(e.Fields))
+	for k := range e.Fields {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + ": " + e.Fields[k]
+	}
+	return "web: invalid account: " + strings.Join(parts, "; ")
+}
+
+// Account is what List shows of an account: never its hash.
+type Account struct {
+	Name    string    `json:"name"`
+	Role    string    `json:"role"`
+	Created time.Time `json:"created"`
+	// Changed is when the password was last set.
+	Changed time.Time `json:"changed"`
+}
 
 // Users are the console accounts, kept in the node's bbolt file (bucket
 // "users", see doc.go). Only bcrypt hashes are stored.
@@ -53,6 +99,10 @@ type Users struct {
 	mu       sync.Mutex
 	cacheKey [32]byte
 	cache    map[[32]byte]cachedLogin
+	// gen counts the changes that emptied the cache. A Check that read an
+	// account before a change and finished after it must not cache what
+	// it found (the old password, a deleted account).
+	gen uint64
 }
 
 type cachedLogin struct {
@@ -95,12 +145,13 @@ func OpenUsers(db *store.DB) (*Users, error) {
 	return u, nil
 }
 
-// EnsureAdmin creates the admin account with a random password if it does
-// not exist yet, and returns that password (created is true) so that the
-// caller prints it, once: it is not kept anywhere. If the account exists it
-// returns "", false.
+// EnsureAdmin creates the admin account with a random password when there
+// are no accounts at all (the first start), and returns that password
+// (created is true) so that the caller prints it, once: it is not kept
+// anywhere. Otherwise it returns "", false — also when "admin" was deleted
+// after another admin account was made, which a restart must not undo.
 func (u *Users) EnsureAdmin() (password string, created bool, err error) {
-	if u.exists(AdminUser) {
+	if u.any() {
 		return "", false, nil
 	}
 	// 26 base32 characters, 130 bits: unguessable, and readable aloud.
@@ -119,11 +170,16 @@ func (u *Users) EnsureAdmin() (password string, created bool, err error) {
 	// run more than once (store.Update), so it sets created afresh.
 	err = u.db.Update(context.Background(), func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketUsers)
-		created = b.Get([]byte(AdminUser)) == nil
+		k, _ := b.Cursor().First()
+		created = k == nil
 		if !created {
 			return nil // another start won the race; keep its password
 		}
-		return b.Put([]byte(AdminUser), rec)
+		if err := b.Put([]byte(AdminUser), rec); err != nil {
+			return err
+		}
+		return liveconfig.Record(tx, liveconfig.Entry{At: now, By: "(first start)", Action: "create",
+			Kind: AuditKindUsers, Name: AdminUser, After: accountAudit(AdminUser, RoleAdmin)})
 	})
 	if err != nil {
 		return "", false, fmt.Errorf("web: users: create admin: %w", err)
@@ -134,10 +190,142 @@ func (u *Users) EnsureAdmin() (password string, created bool, err error) {
 	return password, true, nil
 }
 
-// SetPassword replaces an existing account's password.
-func (u *Users) SetPassword(ctx context.Context, user, password string) error {
+// validName reports what is wrong with an account name, or "". Names are
+// lower-case so that "Admin" and "admin" cannot be two accounts, and are
+// safe as a URL path segment and in a log line.
+func validName(name string) string {
+	switch {
+	case name == "":
+		return "required"
+	case len(name) > maxUserName:
+		return fmt.Sprintf("at most %d characters", maxUserName)
+	}
+	for i, r := range name {
+		ok := r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || i > 0 && (r == '.' || r == '_' || r == '-' || r == '@')
+		if !ok {
+			return "lower-case letters, digits and . _ - @, starting with a letter or digit"
+		}
+	}
+	return ""
+}
+
+func validRole(role string) string {
+	if role != RoleAdmin && role != RoleReadOnly {
+		return fmt.Sprintf("must be %s or %s", RoleAdmin, RoleReadOnly)
+	}
+	return ""
+}
+
+func validPassword(password string) string {
 	if len(password) < minPassword || len(password) > maxPassword {
-		return fmt.Errorf("web: users: password must be %d to %d bytes long", minPassword, maxPassword)
+		return fmt.Sprintf("must be %d to %d bytes long (got %d)", minPassword, maxPassword, len(password))
+	}
+	return ""
+}
+
+// validateAccount checks a new account's fields and returns every problem,
+// keyed by field, or nil.
+func validateAccount(name, role, password string) *InvalidAccount {
+	f := map[string]string{}
+	for key, msg := range map[string]string{"name": validName(name), "role": validRole(role), "password": validPassword(password)} {
+		if msg != "" {
+			f[key] = msg
+		}
+	}
+	if len(f) == 0 {
+		return nil
+	}
+	return &InvalidAccount{Fields: f}
+}
+
+// accountAudit is what the audit log keeps of an account: never a hash.
+func accountAudit(name, role string) map[string]any {
+	return map[string]any{"name": name, "role": role}
+}
+
+// Create adds an account. The caller in ctx (PrincipalFrom) is recorded as
+// its author in the audit log, in the same transaction.
+func (u *Users) Create(ctx context.Context, name, role, password string) (Account, error) {
+	if inv := validateAccount(name, role, password); inv != nil {
+		return Account{}, inv
+	}
+	hash, err := bcrypt.GenerateFromPassword([]byte(password), u.cost)
+	if err != nil {
+		return Account{}, fmt.Errorf("web: users: hash password: %w", err)
+	}
+	now := u.now().UTC()
+	rec, err := json.Marshal(userRecord{Hash: string(hash), Role: role, Created: now, Changed: now})
+	if err != nil {
+		return Account{}, err
+	}
+	err = u.db.Update(ctx, func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketUsers)
+		if b.Get([]byte(name)) != nil {
+			return ErrUserExists
+		}
+		if err := b.Put([]byte(name), rec); err != nil {
+			return err
+		}
+		return liveconfig.Record(tx, liveconfig.Entry{At: now, By: principalName(ctx), Action: "create",
+			Kind: AuditKindUsers, Name: name, After: accountAudit(name, role)})
+	})
+	if err != nil {
+		if errors.Is(err, ErrUserExists) {
+			return Account{}, err
+		}
+		return Account{}, fmt.Errorf("web: users: create %q: %w", name, err)
+	}
+	return Account{Name: name, Role: role, Created: now, Changed: now}, nil
+}
+
+// Delete removes an account, unless it is the last with the admin role
+// (ErrLastAdmin). The count is made in the deleting transaction, so two
+// admins deleting each other at once cannot both succeed.
+func (u *Users) Delete(ctx context.Context, name string) error {
+	now := u.now().UTC()
+	err := u.db.Update(ctx, func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketUsers)
+		rec, err := decodeUser(name, b.Get([]byte(name)))
+		if err != nil {
+			return err
+		}
+		if rec.Role == RoleAdmin {
+			admins := 0
+			err := b.ForEach(func(k, v []byte) error {
+				if r, err := decodeUser(string(k), v); err == nil && r.Role == RoleAdmin {
+					admins++
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			if admins <= 1 {
+				return ErrLastAdmin
+			}
+		}
+		if err := b.Delete([]byte(name)); err != nil {
+			return err
+		}
+		return liveconfig.Record(tx, liveconfig.Entry{At: now, By: principalName(ctx), Action: "delete",
+			Kind: AuditKindUsers, Name: name, Before: accountAudit(name, rec.Role)})
+	})
+	if err != nil {
+		if errors.Is(err, ErrNoUser) || errors.Is(err, ErrLastAdmin) {
+			return err
+		}
+		return fmt.Errorf("web: users: delete %q: %w", name, err)
+	}
+	u.forgetLogins()
+	return nil
+}
+
+// SetPassword replaces an existing account's password; the audit log
+// records who did it and when (after: {"password": "changed"}, never a
+// hash).
+func (u *Users) SetPassword(ctx context.Context, user, password string) error {
+	if msg := validPassword(password); msg != "" {
+		return &InvalidAccount{Fields: map[string]string{"password": msg}}
 	}
 	hash, err := bcrypt.GenerateFromPassword([]byte(password), u.cost)
 	if err != nil {
@@ -146,29 +334,69 @@ func (u *Users) SetPassword(ctx context.Context, user, password string) error {
 	now := u.now().UTC()
 	err = u.db.Update(ctx, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketUsers)
-		v := b.Get([]byte(user))
-		if v == nil {
-			return ErrNoUser
-		}
-		var rec userRecord
-		if err := json.Unmarshal(v, &rec); err != nil {
-			return fmt.Errorf("web: users: decode %q: %w", user, err)
+		rec, err := decodeUser(user, b.Get([]byte(user)))
+		if err != nil {
+			return err
 		}
 		rec.Hash, rec.Changed = string(hash), now
 		nv, err := json.Marshal(rec)
 		if err != nil {
 			return err
 		}
-		return b.Put([]byte(user), nv)
+		if err := b.Put([]byte(user), nv); err != nil {
+			return err
+		}
+		return liveconfig.Record(tx, liveconfig.Entry{At: now, By: principalName(ctx), Action: "update", Kind: AuditKindUsers, Name: user,
+			After: map[string]any{"password": "changed"}})
 	})
 	if err != nil {
-		return err
+		if errors.Is(err, ErrNoUser) {
+			return err
+		}
+		return fmt.Errorf("web: users: set password of %q: %w", user, err)
 	}
 	// Logins cached under the old password must not outlive it.
+	u.forgetLogins()
+	return nil
+}
+
+// List returns every account, by name.
+func (u *Users) List() ([]Account, error) {
+	var out []Account
+	err := u.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketUsers).ForEach(func(k, v []byte) error {
+			rec, err := decodeUser(string(k), v)
+			if err != nil {
+				return err
+			}
+			out = append(out, Account{Name: string(k), Role: rec.Role, Created: rec.Created, Changed: rec.Changed})
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("web: users: list: %w", err)
+	}
+	return out, nil
+}
+
+// decodeUser decodes a users/<name> value; nil is ErrNoUser.
+func decodeUser(name string, v []byte) (userRecord, error) {
+	var rec userRecord
+	if v == nil {
+		return rec, ErrNoUser
+	}
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return rec, fmt.Errorf("decode %q: %w", name, err)
+	}
+	return rec, nil
+}
+
+// forgetLogins empties the login cache after a change of credentials.
+func (u *Users) forgetLogins() {
 	u.mu.Lock()
 	clear(u.cache)
+	u.gen++
 	u.mu.Unlock()
-	return nil
 }
 
 // Check verifies a password and returns the account's role.
@@ -177,6 +405,7 @@ func (u *Users) Check(user, password string) (role string, ok bool) {
 	now := u.now()
 	u.mu.Lock()
 	c, hit := u.cache[key]
+	gen := u.gen
 	u.mu.Unlock()
 	if hit && now.Before(c.expires) {
 		return c.role, true
@@ -198,7 +427,9 @@ func (u *Users) Check(user, password string) (role string, ok bool) {
 	if len(u.cache) >= loginCacheSize {
 		clear(u.cache) // rare: a few accounts, a few clients
 	}
-	u.cache[key] = cachedLogin{role: rec.Role, expires: now.Add(loginCacheTTL)}
+	if u.gen == gen { // no change of credentials since the lookup
+		u.cache[key] = cachedLogin{role: rec.Role, expires: now.Add(loginCacheTTL)}
+	}
 	u.mu.Unlock()
 	return rec.Role, true
 }
@@ -229,9 +460,15 @@ func (u *Users) lookup(user string) (userRecord, bool) {
 	return rec, found
 }
 
-func (u *Users) exists(user string) bool {
-	_, ok := u.lookup(user)
-	return ok
+// any tells whether there is at least one account.
+func (u *Users) any() bool {
+	found := false
+	_ = u.db.View(func(tx *bolt.Tx) error {
+		k, _ := tx.Bucket(bucketUsers).Cursor().First()
+		found = k != nil
+		return nil
+	})
+	return found
 }
 
 // dummyHash is made on first need, at the same cost as real ones.

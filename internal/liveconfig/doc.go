@@ -12,7 +12,9 @@
 // back into the file; `chainmail serve --reset-runtime-config` drops them.
 //
 // Every change is recorded in an audit log (bucket "audit": who, when,
-// what, before and after), newest last.
+// what, before and after), newest last. Record lets another store of the
+// same file (web's console accounts, kind "users") append its changes in
+// its own transaction, so the console shows one log.
 //
 // On-disk layout:
 //

@@ -432,15 +432,36 @@ func (m *Manager) persist(ctx context.Context, n *config.Node, e Entry) error {
 		if err := tx.Bucket(bucketConfig).Put(keyChanged, changed); err != nil {
 			return err
 		}
-		a := tx.Bucket(bucketAudit)
-		seq, err := a.NextSequence()
-		if err != nil {
-			return err
-		}
-		k := make([]byte, 8)
-		binary.BigEndian.PutUint64(k, seq)
-		return a.Put(k, ev)
+		return appendAudit(tx, ev)
 	})
+}
+
+// Record appends e to the audit log inside tx, so that a change kept
+// elsewhere in the node's file (the console accounts of web.Users) commits
+// together with its entry: no change without its record, no record of a
+// change that did not happen. The bucket is created if needed (a store
+// opened without Open, in tests).
+func Record(tx *bolt.Tx, e Entry) error {
+	ev, err := json.Marshal(e)
+	if err != nil {
+		return fmt.Errorf("liveconfig: encode audit: %w", err)
+	}
+	if _, err := tx.CreateBucketIfNotExists(bucketAudit); err != nil {
+		return fmt.Errorf("liveconfig: audit bucket: %w", err)
+	}
+	return appendAudit(tx, ev)
+}
+
+// appendAudit puts an encoded entry at the next sequence number.
+func appendAudit(tx *bolt.Tx, ev []byte) error {
+	a := tx.Bucket(bucketAudit)
+	seq, err := a.NextSequence()
+	if err != nil {
+		return err
+	}
+	k := make([]byte, 8)
+	binary.BigEndian.PutUint64(k, seq)
+	return a.Put(k, ev)
 }
 
 // Entry is one audited change.
@@ -448,10 +469,12 @@ type Entry struct {
 	At     time.Time `json:"at"`
 	By     string    `json:"by"`
 	Action string    `json:"action"` // create, update, delete
-	Kind   string    `json:"kind"`
-	Name   string    `json:"name"`
-	Before any       `json:"before,omitempty"`
-	After  any       `json:"after,omitempty"`
+	// Kind is listeners, routes, connections, or users (console
+	// accounts, recorded by web.Users through Record).
+	Kind   string `json:"kind"`
+	Name   string `json:"name"`
+	Before any    `json:"before,omitempty"`
+	After  any    `json:"after,omitempty"`
 }
 
 // Audit returns up to limit audit entries, newest first.

@@ -21,6 +21,9 @@ type Session struct {
 	Seen     time.Time
 	flash    string
 	flashBad bool
+	// key is the store's key of the session (the id's hash), so that a
+	// copy handed out can name its session to EndUser.
+	key [32]byte
 }
 
 // SessionOptions configure a Sessions store; zero fields take defaults.
@@ -81,7 +84,7 @@ func key(id string) [32]byte { return sha256.Sum256([]byte(id)) }
 func (s *Sessions) Start(w http.ResponseWriter, r *http.Request, user, role string) Session {
 	id := RandomToken()
 	now := s.opts.Now()
-	sess := &Session{User: user, Role: role, CSRF: RandomToken(), Created: now, Seen: now}
+	sess := &Session{User: user, Role: role, CSRF: RandomToken(), Created: now, Seen: now, key: key(id)}
 	s.mu.Lock()
 	s.pruneLocked(now)
 	if len(s.m) >= s.opts.Max {
@@ -94,7 +97,7 @@ func (s *Sessions) Start(w http.ResponseWriter, r *http.Request, user, role stri
 		}
 		delete(s.m, oldest)
 	}
-	s.m[key(id)] = sess
+	s.m[sess.key] = sess
 	s.mu.Unlock()
 	SetCookie(w, r, s.opts.Cookie, id, s.opts.Lifetime)
 	return *sess
@@ -150,6 +153,24 @@ func (s *Sessions) End(w http.ResponseWriter, r *http.Request) {
 		s.mu.Unlock()
 	}
 	SetCookie(w, r, s.opts.Cookie, "", -1)
+}
+
+// EndUser ends every session of user except keep (a session of the
+// caller, who stays logged in; the zero Session keeps none), and returns
+// how many ended. It is called when an account's password changes or the
+// account is deleted, so that no browser outlives the credentials it
+// logged in with.
+func (s *Sessions) EndUser(user string, keep Session) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for k, v := range s.m {
+		if v.User == user && (keep.User != user || k != keep.key) {
+			delete(s.m, k)
+			n++
+		}
+	}
+	return n
 }
 
 // Len is the number of sessions held (tests).
