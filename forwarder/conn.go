@@ -186,13 +186,19 @@ func (c *conn) deliver(ctx context.Context) error {
 	dctx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
 	work := make(chan queue.Entry)
+	acks := make(chan uint64, maxAckBatch)
+	ackerDone := make(chan struct{})
+	go func() {
+		defer close(ackerDone)
+		c.acker(ctx, stop, acks)
+	}()
 	var wg sync.WaitGroup
 	for range c.cfg.Concurrency {
 		// Workers get the connection's context, not dctx: their sessions
 		// close when it ends (shutdown, removal), but a sibling's failure
 		// lets each finish the message it is sending — aborting it after
 		// the peer had it all would only send it twice.
-		wg.Go(func() { c.worker(ctx, stop, work) })
+		wg.Go(func() { c.worker(ctx, stop, work, acks) })
 	}
 	wake := c.f.deps.Queue.Wake(c.cfg.Name)
 	batch := 4 * c.cfg.Concurrency
@@ -243,10 +249,53 @@ feed:
 	}
 	close(work)
 	wg.Wait()
+	// The 250s already received are acked before the connection stops
+	// (or restarts its workers), so none of them is sent again.
+	close(acks)
+	<-ackerDone
 	if err := context.Cause(dctx); err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	return nil
+}
+
+// maxAckBatch bounds the entries one ack transaction removes.
+const maxAckBatch = 256
+
+// acker removes the entries whose messages the peer has accepted, a batch
+// per transaction: the workers hand it each 250 and go on to their next
+// message instead of waiting for a commit (and its fsync) of their own, so
+// a session's pace is the peer's, not the peer's plus ours. An entry stays
+// in flight, and Due does not hand it out again, until its ack is
+// committed. A crash before that resends it, which costs a dedupe at the
+// peer. It runs until acks is closed, whatever ctx says: what the peer has
+// accepted is acked even while the connection stops.
+func (c *conn) acker(ctx context.Context, fail context.CancelCauseFunc, acks <-chan uint64) {
+	batch := make([]uint64, 0, maxAckBatch)
+	for seq := range acks {
+		batch = append(batch[:0], seq)
+	fill:
+		for len(batch) < maxAckBatch {
+			select {
+			case seq, ok := <-acks:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, seq)
+			default:
+				break fill
+			}
+		}
+		err := c.f.deps.Queue.Ack(context.WithoutCancel(ctx), c.cfg.Name, batch...)
+		for _, seq := range batch {
+			c.done1(seq)
+		}
+		if err != nil {
+			// The entries stay queued and are sent again once the
+			// connection is back: the peer deduplicates them.
+			fail(errConnection{fmt.Errorf("ack %d delivered entries: %w", len(batch), err)})
+		}
+	}
 }
 
 // busy tells Due to skip an entry in flight, or finished since Due's read
@@ -283,8 +332,9 @@ func (c *conn) forgetFinished() {
 	c.mu.Unlock()
 }
 
-// worker sends queued messages over one SMTP session it keeps open.
-func (c *conn) worker(ctx context.Context, fail context.CancelCauseFunc, work <-chan queue.Entry) {
+// worker sends queued messages over one SMTP session it keeps open, and
+// hands each one the peer accepts to the acker.
+func (c *conn) worker(ctx context.Context, fail context.CancelCauseFunc, work <-chan queue.Entry, acks chan<- uint64) {
 	var s *session
 	defer func() {
 		if s != nil {
@@ -328,7 +378,7 @@ func (c *conn) worker(ctx context.Context, fail context.CancelCauseFunc, work <-
 			}
 			c.sessionCount(1)
 		}
-		err := c.send(ctx, s, e)
+		accepted, err := c.send(ctx, s, e)
 		var ce errConnection
 		if reused && errors.As(err, &ce) && !errors.Is(err, errDefersAll) && ctx.Err() == nil {
 			// A session kept open across messages may have been closed
@@ -339,13 +389,17 @@ func (c *conn) worker(ctx context.Context, fail context.CancelCauseFunc, work <-
 			c.sessionCount(-1)
 			if s, err = c.dial(ctx); err == nil {
 				c.sessionCount(1)
-				err = c.send(ctx, s, e)
+				accepted, err = c.send(ctx, s, e)
 			} else {
 				s = nil
 				err = errConnection{err}
 			}
 		}
-		c.done1(e.Seq)
+		if accepted {
+			acks <- e.Seq // the acker marks it done once committed
+		} else {
+			c.done1(e.Seq)
+		}
 		if errors.As(err, &ce) {
 			if s == nil {
 				fail(err)

@@ -13,7 +13,11 @@
 // While up, `concurrency` workers each keep one SMTP session open and send
 // many messages on it, each with one X-Chainmail-Trace field per hop in
 // front of the archived bytes. An entry leaves the queue only after the
-// peer's 250 (queue.Ack). A reply to the message itself (4xx or 5xx) is a
+// peer's 250: the workers hand each 250 to the connection's acker, which
+// removes the accepted entries in batches, one transaction per batch
+// (queue.Ack), so that a session goes on to its next message without
+// waiting for a commit and fsync of its own; an entry stays in flight, and
+// is not handed out again, until its ack is committed. A reply to the message itself (4xx or 5xx) is a
 // failed attempt with backoff, and with a positive max_retries the last one
 // moves it to the dead-letter list; a peer that cannot be reached, drops
 // the session or keeps deferring everything takes the whole connection down

@@ -22,7 +22,7 @@ type Queue interface {
 	Wake(conn string) <-chan struct{}
 	Due(conn string, now time.Time, max int, busy func(uint64) bool) ([]queue.Entry, error)
 	NextAttempt(conn string) time.Time
-	Ack(ctx context.Context, conn string, seq uint64) error
+	Ack(ctx context.Context, conn string, seqs ...uint64) error
 	Drop(ctx context.Context, conn string, seq uint64) error
 	Fail(ctx context.Context, conn string, seq uint64, reason string, next time.Time, dead bool) error
 	Stats(conn string) queue.Stats

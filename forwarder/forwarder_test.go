@@ -16,6 +16,7 @@ import (
 
 	"chainmail/forwarder"
 	"chainmail/internal/config"
+	"chainmail/internal/envelope"
 	"chainmail/internal/testutil"
 	"chainmail/queue"
 )
@@ -782,5 +783,53 @@ func TestSetConnectionsRacingShutdown(t *testing.T) {
 		}()
 		f.stop(t)
 		<-done
+	}
+}
+
+// failingAcks is the node's queue whose next Ack fails once armed.
+type failingAcks struct {
+	forwarder.Queue
+	armed atomic.Bool
+}
+
+func (q *failingAcks) Ack(ctx context.Context, conn string, seqs ...uint64) error {
+	if q.armed.CompareAndSwap(true, false) {
+		return errors.New("disk on fire")
+	}
+	return q.Queue.Ack(ctx, conn, seqs...)
+}
+
+// An ack that cannot be committed takes the connection down; its entries
+// stay queued and are sent again (the real peer deduplicates them), and
+// delivered counts each message once.
+func TestFailedAckTakesTheConnectionDownAndLosesNothing(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, "a")
+	peer := testutil.StartFakePeer(t, "b")
+	ms := n.messages(20)
+	n.put([]string{"peer-b"}, ms...)
+	q := &failingAcks{Queue: n.q}
+	q.armed.Store(true)
+	f := n.startWith(n.deps(q, nil), conn("peer-b", peer.Addr(), func(c *config.Connection) { c.Concurrency = 4 }))
+
+	testutil.WaitFor(t, wait, "the failed ack to be reported", func() bool {
+		return strings.Contains(f.status("peer-b").LastError, "disk on fire")
+	})
+	s := f.waitDrained("peer-b")
+	if s.Delivered != 20 || s.DeadLetters != 0 {
+		t.Errorf("status %+v, want 20 delivered, no dead letter", s)
+	}
+	seen := map[envelope.Hash]int{}
+	for _, r := range peer.Accepted() {
+		_, body := splitTrace(t, r.Data)
+		seen[sha256.Sum256(body)]++
+	}
+	for _, m := range ms {
+		if seen[m.hash] == 0 {
+			t.Errorf("message %s never accepted by the peer", m.hash.Short())
+		}
+	}
+	if len(peer.Accepted()) <= 20 {
+		t.Errorf("%d acceptances: the entries of the failed ack were not sent again", len(peer.Accepted()))
 	}
 }

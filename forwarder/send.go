@@ -169,10 +169,11 @@ func (c *conn) tlsConfig() (*tls.Config, error) {
 	return cfg, nil
 }
 
-// send delivers one queued message on s. It returns an errConnection when
-// the session (or the whole connection) is unusable, nil otherwise: a
+// send delivers one queued message on s. accepted says the peer answered
+// 250: the entry is the acker's to remove. The error is an errConnection
+// when the session (or the whole connection) is unusable, nil otherwise: a
 // reply to the message is recorded as an attempt, not returned.
-func (c *conn) send(ctx context.Context, s *session, e queue.Entry) error {
+func (c *conn) send(ctx context.Context, s *session, e queue.Entry) (accepted bool, err error) {
 	start := time.Now()
 	q := c.f.deps.Queue
 	id := e.Hash.String()
@@ -180,7 +181,7 @@ func (c *conn) send(ctx context.Context, s *session, e queue.Entry) error {
 	if err != nil {
 		// The queue references an archived message; missing bytes are a
 		// local fault, kept visible as a failed attempt.
-		return c.outcome(ctx, e, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "local: " + err.Error()})
+		return false, c.outcome(ctx, e, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "local: " + err.Error()})
 	}
 	if s.peer != "" && meta.Trace.Has(s.peer) {
 		c.log.WithFields(logrus.Fields{"msg": e.Hash.Short(), "peer_node": s.peer}).Info("loop detected: peer already on the message's path; dropping queue entry")
@@ -188,9 +189,9 @@ func (c *conn) send(ctx context.Context, s *session, e queue.Entry) error {
 		// Dropped, not acked: the peer never got it, and delivered must
 		// not say otherwise.
 		if err := q.Drop(context.WithoutCancel(ctx), c.cfg.Name, e.Seq); err != nil {
-			return errConnection{err}
+			return false, errConnection{err}
 		}
-		return nil
+		return false, nil
 	}
 	hops := append(append(envelope.Trace(nil), meta.Trace...), envelope.Hop{Node: c.f.deps.Node, Hash: e.Hash, Received: meta.Receipt.Received})
 	var head bytes.Buffer
@@ -205,17 +206,14 @@ func (c *conn) send(ctx context.Context, s *session, e queue.Entry) error {
 			if errors.As(err, &se) {
 				// A refused transaction leaves the session usable after RSET.
 				if rerr := s.c.Reset(); rerr != nil {
-					return errConnection{fmt.Errorf("reset after %s refused by %s: %w", e.Hash.Short(), c.cfg.Address, rerr)}
+					return false, errConnection{fmt.Errorf("reset after %s refused by %s: %w", e.Hash.Short(), c.cfg.Address, rerr)}
 				}
-				return c.outcome(ctx, e, err)
+				return false, c.outcome(ctx, e, err)
 			}
 			// Say what failed: go-smtp's errors are bare ("EOF").
-			return errConnection{fmt.Errorf("send %s to %s: %w", e.Hash.Short(), c.cfg.Address, err)}
+			return false, errConnection{fmt.Errorf("send %s to %s: %w", e.Hash.Short(), c.cfg.Address, err)}
 		}
 		rcpts = rcpts[n:]
-	}
-	if err := q.Ack(context.WithoutCancel(ctx), c.cfg.Name, e.Seq); err != nil {
-		return errConnection{err}
 	}
 	now := time.Now()
 	origin := meta.Receipt.Received
@@ -228,7 +226,7 @@ func (c *conn) send(ctx context.Context, s *session, e queue.Entry) error {
 	c.mu.Unlock()
 	c.f.deps.Metrics.delivered(c.cfg.Name, now.Sub(start), now.Sub(origin))
 	c.log.WithFields(logrus.Fields{"msg": e.Hash.Short(), "size": meta.Size, "rcpts": len(meta.Envelope.RcptTo), "code": 250, "duration_ms": now.Sub(start).Milliseconds()}).Debug("message forwarded")
-	return nil
+	return true, nil
 }
 
 // transaction is MAIL, RCPT… and DATA with the trace fields in front of

@@ -7,7 +7,7 @@
 // transaction that archives the message (EnqueueTx, called by route), so a
 // 250 means "archived and queued". Enqueueing is idempotent per (message,
 // connection). An entry leaves its queue only when the forwarder acks the
-// peer's 250, when it drops it because the peer is already on the
+// peer's 250 (in batches: one transaction acks many entries), when it drops it because the peer is already on the
 // message's path (a loop: the peer has it; logged and counted, not
 // counted delivered), or, with a positive max_retries, when it moves to
 // the connection's dead-letter list, where it stays until an operator

@@ -214,44 +214,52 @@ func (s *Store) NextAttempt(conn string) time.Time {
 	return next
 }
 
-// Ack removes a delivered entry.
-func (s *Store) Ack(ctx context.Context, conn string, seq uint64) error {
-	return s.remove(ctx, conn, seq, true)
+// Ack removes delivered entries, all in one transaction (the forwarder
+// acks the 250s of its sessions in batches).
+func (s *Store) Ack(ctx context.Context, conn string, seqs ...uint64) error {
+	return s.remove(ctx, conn, true, seqs)
 }
 
 // Drop removes an entry that must not be sent (the peer is already on
 // its path: a loop). Unlike Ack it does not count it delivered.
 func (s *Store) Drop(ctx context.Context, conn string, seq uint64) error {
-	return s.remove(ctx, conn, seq, false)
+	return s.remove(ctx, conn, false, []uint64{seq})
 }
 
-func (s *Store) remove(ctx context.Context, conn string, seq uint64, delivered bool) error {
+func (s *Store) remove(ctx context.Context, conn string, delivered bool, seqs []uint64) error {
 	return s.db.Update(ctx, func(tx *bolt.Tx) error {
 		b, err := buckets(tx, conn, true)
 		if err != nil {
 			return err
 		}
-		v := b.ready.Get(u64(seq))
-		if v == nil {
-			return nil // purged meanwhile
+		var n int64
+		for _, seq := range seqs {
+			v := b.ready.Get(u64(seq))
+			if v == nil {
+				continue // purged meanwhile
+			}
+			e, err := decodeEntry(v)
+			if err != nil {
+				return err
+			}
+			if err := b.ready.Delete(u64(seq)); err != nil {
+				return err
+			}
+			if err := b.hash.Delete(e.Hash[:]); err != nil {
+				return err
+			}
+			n++
 		}
-		e, err := decodeEntry(v)
-		if err != nil {
-			return err
+		if n == 0 {
+			return nil
 		}
-		if err := b.ready.Delete(u64(seq)); err != nil {
-			return err
-		}
-		if err := b.hash.Delete(e.Hash[:]); err != nil {
-			return err
-		}
-		if err := addCounter(b.meta, keyDepth, -1); err != nil {
+		if err := addCounter(b.meta, keyDepth, -n); err != nil {
 			return err
 		}
 		if !delivered {
 			return nil
 		}
-		return addCounter(b.meta, keyDelivered, 1)
+		return addCounter(b.meta, keyDelivered, n)
 	})
 }
 

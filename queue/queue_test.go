@@ -143,3 +143,32 @@ func TestStatePersistsAcrossReopen(t *testing.T) {
 		t.Fatalf("after reopen %+v", list)
 	}
 }
+
+func TestAckManyInOneTransaction(t *testing.T) {
+	q, db := open(t)
+	ctx := context.Background()
+	for i := range 5 {
+		enqueue(t, q, db, "b", i)
+	}
+	due, _ := q.Due("b", time.Now(), 10, nil)
+	// An entry purged meanwhile (here: already acked) is skipped, not
+	// counted twice.
+	if err := q.Ack(ctx, "b", due[0].Seq); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Ack(ctx, "b", due[0].Seq, due[1].Seq, due[3].Seq); err != nil {
+		t.Fatal(err)
+	}
+	if st := q.Stats("b"); st.Depth != 2 || st.Delivered != 3 {
+		t.Fatalf("stats %+v", st)
+	}
+	left, _ := q.Due("b", time.Now(), 10, nil)
+	if len(left) != 2 || left[0].Hash != h(2) || left[1].Hash != h(4) {
+		t.Fatalf("left %+v", left)
+	}
+	// Each acked message can be queued again (it left the hash index).
+	enqueue(t, q, db, "b", 1)
+	if st := q.Stats("b"); st.Depth != 3 {
+		t.Fatalf("re-enqueue after ack: %+v", st)
+	}
+}
