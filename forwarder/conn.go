@@ -262,38 +262,70 @@ feed:
 // maxAckBatch bounds the entries one ack transaction removes.
 const maxAckBatch = 256
 
+// ackInterval is the least time between the starts of two ack transactions
+// of a connection. Each acked entry leaves the queue's hash index, keyed at
+// random, so it dirties a page of its own whatever the batch; a batch saves
+// the rest of a commit (two fsyncs, the branch and meta pages), and at
+// catch-up pace back-to-back ack commits would compete for the disk and
+// the CPU with everything else the node writes. Waiting costs nothing but
+// a resend after a crash, deduplicated by the peer.
+const ackInterval = 20 * time.Millisecond
+
 // acker removes the entries whose messages the peer has accepted, a batch
-// per transaction: the workers hand it each 250 and go on to their next
-// message instead of waiting for a commit (and its fsync) of their own, so
-// a session's pace is the peer's, not the peer's plus ours. An entry stays
-// in flight, and Due does not hand it out again, until its ack is
-// committed. A crash before that resends it, which costs a dedupe at the
-// peer. It runs until acks is closed, whatever ctx says: what the peer has
-// accepted is acked even while the connection stops.
+// per transaction at most every ackInterval: the workers hand it each 250
+// and go on to their next message instead of waiting for a commit (and its
+// fsync) of their own, so a session's pace is the peer's, not the peer's
+// plus ours. An entry stays in flight, and Due does not hand it out again,
+// until its ack is committed. A crash before that resends it, which costs
+// a dedupe at the peer. It runs until acks is closed, whatever ctx says,
+// and then acks what is pending at once: what the peer has accepted is
+// acked even while the connection stops.
 func (c *conn) acker(ctx context.Context, fail context.CancelCauseFunc, acks <-chan uint64) {
-	batch := make([]uint64, 0, maxAckBatch)
-	for seq := range acks {
-		batch = append(batch[:0], seq)
-	fill:
-		for len(batch) < maxAckBatch {
-			select {
-			case seq, ok := <-acks:
-				if !ok {
-					break fill
-				}
-				batch = append(batch, seq)
-			default:
-				break fill
-			}
-		}
-		err := c.f.deps.Queue.Ack(context.WithoutCancel(ctx), c.cfg.Name, batch...)
-		for _, seq := range batch {
+	pending := make([]uint64, 0, maxAckBatch)
+	var last time.Time // start of the last ack transaction
+	flush := func() {
+		last = time.Now()
+		err := c.f.deps.Queue.Ack(context.WithoutCancel(ctx), c.cfg.Name, pending...)
+		for _, seq := range pending {
 			c.done1(seq)
 		}
 		if err != nil {
 			// The entries stay queued and are sent again once the
 			// connection is back: the peer deduplicates them.
-			fail(errConnection{fmt.Errorf("ack %d delivered entries: %w", len(batch), err)})
+			fail(errConnection{fmt.Errorf("ack %d delivered entries: %w", len(pending), err)})
+		}
+		pending = pending[:0]
+	}
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	armed := false
+	for {
+		var due <-chan time.Time
+		if armed {
+			due = timer.C
+		}
+		select {
+		case seq, ok := <-acks:
+			if !ok {
+				if len(pending) > 0 {
+					flush()
+				}
+				return
+			}
+			pending = append(pending, seq)
+			switch {
+			case len(pending) >= maxAckBatch:
+				timer.Stop()
+				armed = false
+				flush()
+			case !armed:
+				timer.Reset(max(0, ackInterval-time.Since(last)))
+				armed = true
+			}
+		case <-due:
+			armed = false
+			flush()
 		}
 	}
 }

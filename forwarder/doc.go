@@ -14,14 +14,15 @@
 // many messages on it, each with one X-Chainmail-Trace field per hop in
 // front of the archived bytes. An entry leaves the queue only after the
 // peer's 250: the workers hand each 250 to the connection's acker, which
-// removes the accepted entries in batches, one transaction per batch
-// (queue.Ack), so that a session goes on to its next message without
-// waiting for a commit and fsync of its own; an entry stays in flight, and
-// is not handed out again, until its ack is committed. A reply to the message itself (4xx or 5xx) is a
-// failed attempt with backoff, and with a positive max_retries the last one
-// moves it to the dead-letter list; a peer that cannot be reached, drops
-// the session or keeps deferring everything takes the whole connection down
-// instead, which costs no attempts: a peer outage never dead-letters mail.
+// removes the accepted entries in batches (queue.Ack), one transaction per
+// batch and at most one every 20 ms, so that a session goes on to its next
+// message without waiting for a commit and fsync of its own; an entry stays
+// in flight, and is not handed out again, until its ack is committed. A
+// reply to the message itself (4xx or 5xx) is a failed attempt with
+// backoff, and with a positive max_retries the last one moves it to the
+// dead-letter list; a peer that cannot be reached, drops the session or
+// keeps deferring everything takes the whole connection down instead, which
+// costs no attempts: a peer outage never dead-letters mail.
 // The moment a probe succeeds the workers resume at full parallelism.
 //
 // Delivery is idempotent per (message, connection): a crash after the
