@@ -7,12 +7,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -30,27 +28,26 @@ var ErrSelfLoop = errors.New("self-loop: the peer greets with this node's own id
 
 // session is one SMTP client session to the peer. It lives no longer than
 // the context it was dialled under: when that ends, its connection is
-// closed, whatever it is waiting for (go-smtp's client knows no context).
+// closed, whatever it is waiting for.
 type session struct {
-	c       *smtp.Client
+	c       *smtpClient
 	peer    string // node id from the greeting
 	rcptMax int
 	unwatch func() bool // stops the watch on the dial context
 }
 
 func (s *session) quit() {
-	s.c.Quit()
+	s.c.quit()
 	s.unwatch()
-	s.c.Close()
 }
 
 func (s *session) close() {
 	s.unwatch()
-	s.c.Close()
+	s.c.close()
 }
 
-// dial connects, reads the greeting (refusing a self-loop), says EHLO, and
-// runs STARTTLS and AUTH as configured.
+// dial connects, reads the greeting, says EHLO, runs STARTTLS as
+// configured, refuses a self-loop, and authenticates as configured.
 func (c *conn) dial(ctx context.Context) (*session, error) {
 	raw, err := c.f.deps.Dial(ctx, "tcp", c.cfg.Address)
 	if err != nil {
@@ -66,51 +63,47 @@ func (c *conn) dial(ctx context.Context) (*session, error) {
 	defer func() {
 		if !dialled {
 			unwatch()
+			tcp.Close()
 		}
 	}()
-	if dl, ok := ctx.Deadline(); ok {
-		raw.SetDeadline(dl)
-	}
 	var tcfg *tls.Config
 	if c.cfg.TLS != "none" {
 		if tcfg, err = c.tlsConfig(); err != nil {
-			raw.Close()
 			return nil, err
 		}
 	}
 	if c.cfg.TLS == "implicit" {
 		tc := tls.Client(raw, tcfg)
 		if err := tc.HandshakeContext(ctx); err != nil {
-			raw.Close()
 			return nil, fmt.Errorf("tls handshake with %s: %w", c.cfg.Address, err)
 		}
 		raw = tc
 	}
-	gc := &greetConn{Conn: raw}
-	var cl *smtp.Client
-	if c.cfg.TLS == "starttls" {
-		// go-smtp's client offers STARTTLS only here, after an EHLO as
-		// "localhost"; the EHLO that names this node follows inside TLS.
-		if cl, err = smtp.NewClientStartTLS(gc, tcfg); err != nil {
-			raw.Close()
-			return nil, fmt.Errorf("starttls with %s: %w", c.cfg.Address, err)
-		}
-	} else {
-		cl = smtp.NewClient(gc)
+	cl := newSMTPClient(raw, c.cfg.Timeout)
+	greeting, err := cl.greet()
+	if err == nil {
+		err = cl.hello(c.f.deps.Node)
 	}
-	cl.CommandTimeout = c.cfg.Timeout
-	cl.SubmissionTimeout = 2 * c.cfg.Timeout
-	if err := cl.Hello(c.f.deps.Node); err != nil {
-		cl.Close()
+	if err != nil {
 		return nil, fmt.Errorf("greeting from %s: %w", c.cfg.Address, err)
 	}
-	raw.SetDeadline(time.Time{})
-	s := &session{c: cl, peer: gc.peerNode(), rcptMax: 1000, unwatch: unwatch}
+	if c.cfg.TLS == "starttls" {
+		tc, err := cl.startTLS(tcfg)
+		if err == nil {
+			err = tc.HandshakeContext(ctx)
+		}
+		if err == nil {
+			err = cl.hello(c.f.deps.Node)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("starttls with %s: %w", c.cfg.Address, err)
+		}
+	}
+	s := &session{c: cl, peer: peerNode(greeting), rcptMax: 1000, unwatch: unwatch}
 	if err := c.checkPeer(ctx, s.peer); err != nil {
-		cl.Close()
 		return nil, err
 	}
-	if ok, v := cl.Extension("LIMITS"); ok {
+	if ok, v := cl.extension("LIMITS"); ok {
 		for _, f := range strings.Fields(v) {
 			if n, err := strconv.Atoi(strings.TrimPrefix(strings.ToUpper(f), "RCPTMAX=")); err == nil && n > 0 {
 				s.rcptMax = n
@@ -118,13 +111,22 @@ func (c *conn) dial(ctx context.Context) (*session, error) {
 		}
 	}
 	if c.cfg.Username != "" {
-		if err := cl.Auth(sasl.NewPlainClient("", c.cfg.Username, c.cfg.Password)); err != nil {
-			cl.Close()
+		if err := cl.auth(sasl.NewPlainClient("", c.cfg.Username, c.cfg.Password)); err != nil {
 			return nil, fmt.Errorf("auth as %s at %s: %w", c.cfg.Username, c.cfg.Address, err)
 		}
 	}
 	dialled = true
 	return s, nil
+}
+
+// peerNode is the peer's node id: the first word of its greeting
+// ("220 <node> ESMTP ...").
+func peerNode(greeting string) string {
+	first, _, _ := strings.Cut(greeting, "\n")
+	if f := strings.Fields(first); len(f) > 0 {
+		return f[0]
+	}
+	return ""
 }
 
 // checkPeer refuses a peer that is this node, or not the configured one,
@@ -205,7 +207,7 @@ func (c *conn) send(ctx context.Context, s *session, e queue.Entry) (accepted bo
 			var se *smtp.SMTPError
 			if errors.As(err, &se) {
 				// A refused transaction leaves the session usable after RSET.
-				if rerr := s.c.Reset(); rerr != nil {
+				if rerr := s.c.reset(); rerr != nil {
 					return false, errConnection{fmt.Errorf("reset after %s refused by %s: %w", e.Hash.Short(), c.cfg.Address, rerr)}
 				}
 				return false, c.outcome(ctx, e, err)
@@ -229,44 +231,24 @@ func (c *conn) send(ctx context.Context, s *session, e queue.Entry) (accepted bo
 	return true, nil
 }
 
-// transaction is MAIL, RCPT… and DATA with the trace fields in front of
+// transaction is one mail transaction with the trace fields in front of
 // the archived bytes.
 func (c *conn) transaction(ctx context.Context, s *session, meta *archive.Meta, head []byte, rcpts []string) error {
-	// Open the bytes before MAIL: once DATA has begun, the only way out
-	// short of dropping the session is the final dot, which would hand
+	// Open the bytes before MAIL: once the message has begun, the only
+	// way out short of dropping the session is its end, which would hand
 	// the peer an empty message to archive. Unreadable bytes are a local
 	// fault, a failed attempt like a missing message in send.
-	raw, _, err := c.f.deps.Archive.OpenRaw(ctx, meta.ID)
+	raw, size, err := c.f.deps.Archive.OpenRaw(ctx, meta.ID)
 	if err != nil {
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
 			Message: fmt.Sprintf("local: read archived %s: %v", meta.ID[:12], err)}
 	}
 	defer raw.Close()
-	opts := &smtp.MailOptions{Size: meta.Size + int64(len(head))}
-	if !isASCII(meta.Envelope.MailFrom) || !allASCII(rcpts) {
-		if ok, _ := s.c.Extension("SMTPUTF8"); ok {
-			opts.UTF8 = true
-		}
-	}
-	if err := s.c.Mail(meta.Envelope.MailFrom, opts); err != nil {
-		return err
-	}
-	for _, r := range rcpts {
-		if err := s.c.Rcpt(r, nil); err != nil {
-			return err
-		}
-	}
-	w, err := s.c.Data()
-	if err != nil {
-		return err
-	}
-	if _, err := w.Write(head); err != nil {
-		return err
-	}
-	if _, err := io.Copy(w, raw); err != nil {
-		return err
-	}
-	return w.Close()
+	return s.c.send(mailTxn{
+		from: meta.Envelope.MailFrom, rcpts: rcpts,
+		utf8: !isASCII(meta.Envelope.MailFrom) || !allASCII(rcpts),
+		head: head, body: raw, size: size,
+	})
 }
 
 // recipients are the envelope recipients to send to; a message archived
@@ -297,45 +279,4 @@ func allASCII(list []string) bool {
 		}
 	}
 	return true
-}
-
-// greetConn keeps the first line the peer sends — its greeting — whose
-// first word after the code is its node id (go-smtp's client reads the
-// greeting but does not expose it).
-type greetConn struct {
-	net.Conn
-	mu    sync.Mutex
-	first []byte
-	done  bool
-}
-
-func (g *greetConn) Read(p []byte) (int, error) {
-	n, err := g.Conn.Read(p)
-	g.mu.Lock()
-	if !g.done && n > 0 {
-		line := p[:n]
-		if i := bytes.IndexByte(line, '\n'); i >= 0 {
-			line, g.done = line[:i], true
-		}
-		if len(g.first)+len(line) <= 512 {
-			g.first = append(g.first, line...)
-		} else {
-			g.done = true
-		}
-	}
-	g.mu.Unlock()
-	return n, err
-}
-
-func (g *greetConn) peerNode() string {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	f := strings.Fields(strings.TrimSpace(string(g.first)))
-	if len(f) < 2 || !strings.HasPrefix(f[0], "220") {
-		return ""
-	}
-	if len(f[0]) > 3 { // "220-name ..." multi-line greeting
-		return strings.TrimPrefix(f[0], "220-")
-	}
-	return f[1]
 }
