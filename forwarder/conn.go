@@ -57,6 +57,7 @@ type conn struct {
 	inflight  map[uint64]bool
 	failed    int64
 	sessions  int
+	dialling  int // workers opening a session
 	deferrals int
 	rate      rateWindow
 }
@@ -214,9 +215,13 @@ feed:
 			break
 		}
 		if len(due) == 0 {
-			// Caught up: what is left, if anything, waits for its
-			// retry time, and is not a backlog being sent.
-			c.setState(StateUp)
+			// Nothing to hand out. Caught up once nothing is in
+			// flight either: what is left, if anything, waits for its
+			// retry time, and is not a backlog being sent. (With more
+			// sessions than entries, every entry is in flight at once.)
+			if !c.sending() {
+				c.setState(StateUp)
+			}
 			wait := time.Second
 			if na := c.f.deps.Queue.NextAttempt(c.cfg.Name); !na.IsZero() {
 				wait = min(max(time.Until(na), 10*time.Millisecond), wait)
@@ -341,6 +346,19 @@ func (c *conn) busy(seq uint64) bool {
 	return ok
 }
 
+// sending says whether an entry is in flight: being sent, or accepted
+// and waiting for its ack.
+func (c *conn) sending() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, busy := range c.inflight {
+		if busy {
+			return true
+		}
+	}
+	return false
+}
+
 // done1 marks an entry finished: its ack or failure is committed.
 func (c *conn) done1(seq uint64) {
 	c.mu.Lock()
@@ -403,12 +421,31 @@ func (c *conn) worker(ctx context.Context, fail context.CancelCauseFunc, work <-
 		reused := s != nil
 		if s == nil {
 			var err error
-			if s, err = c.dial(ctx); err != nil {
+			c.mu.Lock()
+			c.dialling++
+			c.mu.Unlock()
+			s, err = c.dial(ctx)
+			c.mu.Lock()
+			c.dialling--
+			if err == nil {
+				c.sessions++
+			}
+			others := c.sessions + c.dialling
+			c.mu.Unlock()
+			if err != nil {
 				c.done1(e.Seq)
+				if others > 0 && ctx.Err() == nil && !errors.Is(err, ErrSelfLoop) {
+					// The peer is up, or another worker is still finding
+					// out, and takes no more sessions of ours (its
+					// max_sessions_per_ip, say): the connection goes on
+					// with the sessions it has until it next restarts. The
+					// last worker to fail with none open takes it down.
+					c.log.WithError(err).Warn("peer refused one more session; sending on the sessions already open")
+					return
+				}
 				fail(errConnection{err})
 				return
 			}
-			c.sessionCount(1)
 		}
 		accepted, err := c.send(ctx, s, e)
 		var ce errConnection

@@ -6,9 +6,9 @@
 //	down         the peer cannot be reached (or greets as this node): the
 //	             loop probes it every probe_interval
 //	catching-up  the peer answers and a backlog is being sent
-//	up           the peer answers and nothing is due: the queue is
-//	             (nearly) empty, or holds only entries deferred to a later
-//	             retry
+//	up           the peer answers and nothing is due or in flight: the
+//	             queue is empty, or holds only entries deferred to a
+//	             later retry
 //
 // While up, `concurrency` workers each keep one SMTP session open and send
 // many messages on it, each with one X-Chainmail-Trace field per hop in

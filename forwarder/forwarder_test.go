@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"io"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -831,5 +832,62 @@ func TestFailedAckTakesTheConnectionDownAndLosesNothing(t *testing.T) {
 	}
 	if len(peer.Accepted()) <= 20 {
 		t.Errorf("%d acceptances: the entries of the failed ack were not sent again", len(peer.Accepted()))
+	}
+}
+
+// countedConn tells its dialler when it closes.
+type countedConn struct {
+	net.Conn
+	once   sync.Once
+	closed func()
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(c.closed)
+	return c.Conn.Close()
+}
+
+// A peer that takes fewer sessions than concurrency (its
+// max_sessions_per_ip) gets the messages on the sessions it allows; the
+// connection does not go down for the ones it refuses.
+func TestPeerRefusingExtraSessionsKeepsConnectionUp(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, "a")
+	peer := testutil.StartFakePeer(t, "b")
+	peer.SetBehaviour(func(c testutil.Call) testutil.Action {
+		if c.Step == testutil.StepData {
+			return testutil.Action{Delay: 5 * time.Millisecond} // keep sessions busy together
+		}
+		return testutil.Action{}
+	})
+	ms := n.messages(30)
+	n.put([]string{"peer-b"}, ms...)
+	deps := n.deps(nil, nil)
+	var mu sync.Mutex
+	open := 0
+	deps.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if open >= 2 {
+			return nil, errors.New("421 too many sessions from your address")
+		}
+		var d net.Dialer
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		open++
+		return &countedConn{Conn: c, closed: func() { mu.Lock(); open--; mu.Unlock() }}, nil
+	}
+	f := n.startWith(deps, conn("peer-b", peer.Addr(), func(c *config.Connection) { c.Concurrency = 8 }))
+
+	f.waitDrained("peer-b")
+	n.checkDelivered(peer, ms...)
+	logs := n.logs.String()
+	if strings.Contains(logs, "connection lost") {
+		t.Errorf("the connection went down for a refused extra session:\n%s", logs)
+	}
+	if !strings.Contains(logs, "peer refused one more session") {
+		t.Errorf("no extra session was refused: the test did not test")
 	}
 }

@@ -104,7 +104,7 @@ func (c *console) connectionFields() []fieldSpec {
 		{Key: "tls_skip_verify", Group: "TLS and AUTH", Label: "Skip certificate verification (tests only)", Type: "bool"},
 		{Key: "username", Group: "TLS and AUTH", Label: "AUTH user", Type: "text"},
 		{Key: "password", Group: "TLS and AUTH", Label: "AUTH password", Type: "password", Help: "Write-only; leave empty to keep the stored one."},
-		{Key: "concurrency", Group: "Delivery", Label: "Parallel sessions", Type: "number", Placeholder: "default 4"},
+		{Key: "concurrency", Group: "Delivery", Label: "Parallel sessions", Type: "number", Placeholder: "default 32"},
 		{Key: "max_retries", Group: "Delivery", Label: "Max retries", Type: "number", Placeholder: "default 0", Help: "0 retries forever (an HA connection never drops a message)."},
 		{Key: "queue_limit", Group: "Delivery", Label: "Queue limit", Type: "number", Placeholder: "default 1000000"},
 		{Key: "retry_min", Group: "Delivery", Label: "First retry after", Type: "text", Placeholder: "default 1s"},

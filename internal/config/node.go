@@ -122,7 +122,7 @@ type Connection struct {
 // Defaults follow DESIGN.md's catch-up section.
 func (c *Connection) Defaults() {
 	c.TLS = "none"
-	c.Concurrency = 4
+	c.Concurrency = 32
 	c.QueueLimit = 1000000
 	c.RetryMin = time.Second
 	c.RetryMax = 5 * time.Minute
