@@ -264,17 +264,20 @@ feed:
 	return nil
 }
 
-// maxAckBatch bounds the entries one ack transaction removes.
-const maxAckBatch = 256
+// maxAckBatch bounds the entries one ack transaction removes: twice what
+// ackInterval gathers at 5,000 messages a second.
+const maxAckBatch = 1024
 
 // ackInterval is the least time between the starts of two ack transactions
 // of a connection. Each acked entry leaves the queue's hash index, keyed at
 // random, so it dirties a page of its own whatever the batch; a batch saves
 // the rest of a commit (two fsyncs, the branch and meta pages), and at
-// catch-up pace back-to-back ack commits would compete for the disk and
-// the CPU with everything else the node writes. Waiting costs nothing but
-// a resend after a crash, deduplicated by the peer.
-const ackInterval = 20 * time.Millisecond
+// catch-up pace frequent ack commits compete for the disk and the CPU with
+// everything else the node writes (docs/BENCHMARKS.md, "Replication (HA)":
+// 20 ms gave 8% less catch-up than 100 ms; 250 ms no more than 100).
+// Waiting costs nothing but a resend after a crash, deduplicated by the
+// peer, and a queue_depth that trails the deliveries by as much.
+const ackInterval = 100 * time.Millisecond
 
 // acker removes the entries whose messages the peer has accepted, a batch
 // per transaction at most every ackInterval: the workers hand it each 250

@@ -15,7 +15,7 @@
 // front of the archived bytes. An entry leaves the queue only after the
 // peer's 250: the workers hand each 250 to the connection's acker, which
 // removes the accepted entries in batches (queue.Ack), one transaction per
-// batch and at most one every 20 ms, so that a session goes on to its next
+// batch and at most one every 100 ms, so that a session goes on to its next
 // message without waiting for a commit and fsync of its own; an entry stays
 // in flight, and is not handed out again, until its ack is committed. A
 // reply to the message itself (4xx or 5xx) is a failed attempt with
