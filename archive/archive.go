@@ -340,6 +340,13 @@ func (s *Store) OpenRaw(ctx context.Context, id string) (io.ReadCloser, int64, e
 	if err != nil {
 		return nil, 0, err
 	}
+	return s.OpenMeta(ctx, m)
+}
+
+// OpenMeta streams the archived bytes of a message whose metadata the
+// caller has just read with Get: OpenRaw without decoding the metadata a
+// second time (the forwarder does both for every message it sends).
+func (s *Store) OpenMeta(_ context.Context, m *Meta) (io.ReadCloser, int64, error) {
 	return &rawReader{s: s, seq: m.Seq}, m.Size, nil
 }
 

@@ -37,7 +37,7 @@ type Queue interface {
 // Archive is what the forwarder reads of the archive.
 type Archive interface {
 	Get(ctx context.Context, id string) (*archive.Meta, error)
-	OpenRaw(ctx context.Context, id string) (io.ReadCloser, int64, error)
+	OpenMeta(ctx context.Context, m *archive.Meta) (io.ReadCloser, int64, error)
 }
 
 // Deps are the forwarder's collaborators.

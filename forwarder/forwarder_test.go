@@ -15,6 +15,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"chainmail/archive"
 	"chainmail/forwarder"
 	"chainmail/internal/config"
 	"chainmail/internal/envelope"
@@ -603,11 +604,11 @@ type brokenRaw struct {
 	broken atomic.Bool
 }
 
-func (b *brokenRaw) OpenRaw(ctx context.Context, id string) (io.ReadCloser, int64, error) {
-	if id == b.id && b.broken.Load() {
+func (b *brokenRaw) OpenMeta(ctx context.Context, m *archive.Meta) (io.ReadCloser, int64, error) {
+	if m.ID == b.id && b.broken.Load() {
 		return nil, 0, errors.New("disk read error")
 	}
-	return b.Archive.OpenRaw(ctx, id)
+	return b.Archive.OpenMeta(ctx, m)
 }
 
 func TestUnreadableMessageIsNeverSentEmpty(t *testing.T) {

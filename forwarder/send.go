@@ -238,7 +238,7 @@ func (c *conn) transaction(ctx context.Context, s *session, meta *archive.Meta, 
 	// way out short of dropping the session is its end, which would hand
 	// the peer an empty message to archive. Unreadable bytes are a local
 	// fault, a failed attempt like a missing message in send.
-	raw, size, err := c.f.deps.Archive.OpenRaw(ctx, meta.ID)
+	raw, size, err := c.f.deps.Archive.OpenMeta(ctx, meta)
 	if err != nil {
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
 			Message: fmt.Sprintf("local: read archived %s: %v", meta.ID[:12], err)}
