@@ -71,8 +71,20 @@ func TestLiveConfiguration(t *testing.T) {
 		Entries []map[string]any `json:"entries"`
 	}
 	n.Get("/api/v1/audit", &audit)
-	if len(audit.Entries) != 2 || audit.Entries[0]["action"] != "update" || audit.Entries[0]["by"] != "web.api_tokens[0]" {
+	// Newest first: the two listener changes, then the first start's admin account.
+	want := [][3]string{
+		{"update", "listeners", "web.api_tokens[0]"},
+		{"create", "listeners", "web.api_tokens[0]"},
+		{"create", "users", "(first start)"},
+	}
+	if len(audit.Entries) != len(want) {
 		t.Fatalf("audit: %v", audit)
+	}
+	for i, w := range want {
+		e := audit.Entries[i]
+		if e["action"] != w[0] || e["kind"] != w[1] || e["by"] != w[2] {
+			t.Fatalf("audit entry %d = %v, want %v", i, e, w)
+		}
 	}
 	// A restart keeps the live change (and says so).
 	if err := n.Stop(); err != nil {

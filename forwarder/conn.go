@@ -562,7 +562,14 @@ func (c *conn) status() Status {
 		QueueDepth: st.Depth, Delivered: st.Delivered, DeadLetters: st.Dead, Failed: c.failed,
 		Concurrency: c.cfg.Concurrency, Sessions: c.sessions,
 		LastError: c.lastError, LastErrorAt: c.lastErrorAt,
-		Rate: c.rate.perSecond(time.Now()),
+		Rate:   c.rate.perSecond(time.Now()),
+		Paused: c.paused,
+	}
+	// A pause holds from the moment it is asked for, though the loop may
+	// still be finishing a message; a resumed connection reports its real
+	// state once the loop has probed the peer.
+	if c.paused {
+		s.State = StatePaused
 	}
 	if s.PeerNode == "" {
 		s.PeerNode = c.peerNode

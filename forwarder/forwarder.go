@@ -202,6 +202,7 @@ type Status struct {
 	Address     string    `json:"address"`
 	PeerNode    string    `json:"peer_node"`
 	State       string    `json:"state"`
+	Paused      bool      `json:"paused"` // the operator's setting; state follows it
 	QueueDepth  int64     `json:"queue_depth"`
 	OldestAgeS  float64   `json:"oldest_age_s"`
 	Delivered   int64     `json:"delivered"`

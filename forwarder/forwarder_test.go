@@ -447,9 +447,15 @@ func TestPauseAndResume(t *testing.T) {
 	if err := f.Pause("peer-b"); err != nil {
 		t.Fatal(err)
 	}
+	if s := f.status("peer-b"); s.State != forwarder.StatePaused || !s.Paused {
+		t.Fatalf("status right after Pause: %+v, want paused", s)
+	}
 	close(hold)
-	f.waitState("peer-b", forwarder.StatePaused)
-	s := f.status("peer-b") // read after the state: Status reads the queue first
+	var s forwarder.Status
+	testutil.WaitFor(t, wait, "the message in flight to finish", func() bool {
+		s = f.status("peer-b")
+		return s.Sessions == 0 && s.QueueDepth == 4
+	})
 	if got := peer.Mails(); got != 1 || len(peer.Accepted()) != 1 || s.QueueDepth != 4 {
 		t.Fatalf("after pause: %d transactions, %d accepted, %d queued; want 1, 1, 4", got, len(peer.Accepted()), s.QueueDepth)
 	}

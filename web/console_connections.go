@@ -48,7 +48,7 @@ func (c *console) connectionPage(w http.ResponseWriter, r *http.Request, sess ui
 		return
 	}
 	d.Row = c.connectionRow(view.Status)
-	d.Paused = view.State == "paused"
+	d.Paused = view.Paused
 	if view.Config != nil {
 		d.Config = describeObject(view.Config)
 	}

@@ -628,7 +628,7 @@ func (f *fakeConns) st() forwarder.Status {
 	if f.paused {
 		state = "paused"
 	}
-	return forwarder.Status{Name: "peer", Address: "192.0.2.9:8091", State: state, QueueDepth: f.depth, Rate: 2, ETAS: float64(f.depth) / 2, Concurrency: 4}
+	return forwarder.Status{Name: "peer", Address: "192.0.2.9:8091", State: state, Paused: f.paused, QueueDepth: f.depth, Rate: 2, ETAS: float64(f.depth) / 2, Concurrency: 4}
 }
 
 func (f *fakeConns) Status() []forwarder.Status {
