@@ -10,7 +10,6 @@ import (
 	"regexp"
 	"runtime"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -38,7 +37,7 @@ type node struct {
 	db    *store.DB
 	arch  *archive.Store
 	q     *queue.Store
-	logs  *syncBuffer
+	logs  *testutil.SyncBuffer
 	dials atomic.Int64
 	next  int
 }
@@ -58,7 +57,7 @@ func newNode(t *testing.T, id string) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &node{t: t, id: id, db: db, arch: arch, q: q, logs: &syncBuffer{}}
+	n := &node{t: t, id: id, db: db, arch: arch, q: q, logs: &testutil.SyncBuffer{}}
 	t.Cleanup(func() {
 		if err := db.Close(); err != nil {
 			t.Error(err)
@@ -334,23 +333,6 @@ func forRcpt(rcpt string, step testutil.Step, act func() testutil.Action) testut
 		}
 		return testutil.Action{}
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 var goroutineID = regexp.MustCompile(`(?m)^goroutine (\d+) \[`)

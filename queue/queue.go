@@ -22,9 +22,10 @@ var ErrFull = errors.New("queue full")
 var (
 	bucketQueue = []byte("queue")
 	bucketReady = []byte("ready")
-	bucketHash  = []byte("hash")
 	bucketDead  = []byte("dead")
 	bucketMeta  = []byte("meta")
+	// bucketOldHash is the hash index of older stores, removed on Open.
+	bucketOldHash = []byte("hash")
 
 	keyDepth     = []byte("depth")
 	keyDead      = []byte("dead")
@@ -55,8 +56,18 @@ type Store struct {
 // Open prepares the queue bucket in db.
 func Open(db *store.DB) (*Store, error) {
 	err := db.Bolt().Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(bucketQueue)
-		return err
+		top, err := tx.CreateBucketIfNotExists(bucketQueue)
+		if err != nil {
+			return err
+		}
+		// Stores written before the queue stopped deduplicating have a
+		// per-connection hash index that nothing reads or cleans any more.
+		return top.ForEachBucket(func(k []byte) error {
+			if b := top.Bucket(k); b.Bucket(bucketOldHash) != nil {
+				return b.DeleteBucket(bucketOldHash)
+			}
+			return nil
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("queue: open: %w", err)
@@ -99,7 +110,7 @@ func (s *Store) notify(conn string) {
 }
 
 type connBuckets struct {
-	ready, hash, dead, meta *bolt.Bucket
+	ready, dead, meta *bolt.Bucket
 }
 
 func buckets(tx *bolt.Tx, conn string, create bool) (connBuckets, error) {
@@ -110,7 +121,7 @@ func buckets(tx *bolt.Tx, conn string, create bool) (connBuckets, error) {
 		if b, err = top.CreateBucketIfNotExists([]byte(conn)); err != nil {
 			return connBuckets{}, err
 		}
-		for _, name := range [][]byte{bucketReady, bucketHash, bucketDead, bucketMeta} {
+		for _, name := range [][]byte{bucketReady, bucketDead, bucketMeta} {
 			if _, err := b.CreateBucketIfNotExists(name); err != nil {
 				return connBuckets{}, err
 			}
@@ -118,18 +129,20 @@ func buckets(tx *bolt.Tx, conn string, create bool) (connBuckets, error) {
 	} else if b = top.Bucket([]byte(conn)); b == nil {
 		return connBuckets{}, nil
 	}
-	return connBuckets{ready: b.Bucket(bucketReady), hash: b.Bucket(bucketHash), dead: b.Bucket(bucketDead), meta: b.Bucket(bucketMeta)}, nil
+	return connBuckets{ready: b.Bucket(bucketReady), dead: b.Bucket(bucketDead), meta: b.Bucket(bucketMeta)}, nil
 }
 
-// EnqueueTx queues h for conn inside tx. A message already queued (or
-// dead-lettered) for conn is not queued twice.
+// EnqueueTx queues h for conn inside tx. It does not look for h among the
+// entries already queued: route calls it only for a message new to the
+// archive, or for a duplicate that brought new envelope recipients, which
+// the peer must learn whether or not the first copy is still queued (it
+// deduplicates the bytes and merges the envelope). An index to skip that
+// second entry would cost a randomly placed page per enqueue and per ack
+// (docs/BENCHMARKS.md, "Replication (HA)").
 func (s *Store) EnqueueTx(tx *bolt.Tx, conn string, h envelope.Hash) error {
 	b, err := buckets(tx, conn, true)
 	if err != nil {
 		return fmt.Errorf("queue %s: %w", conn, err)
-	}
-	if b.hash.Get(h[:]) != nil {
-		return nil
 	}
 	s.mu.Lock()
 	limit := s.limits[conn]
@@ -145,9 +158,6 @@ func (s *Store) EnqueueTx(tx *bolt.Tx, conn string, h envelope.Hash) error {
 	now := time.Now().UTC()
 	e := Entry{Seq: seq, Hash: h, Enqueued: now, NextAttempt: now}
 	if err := putEntry(b.ready, &e); err != nil {
-		return fmt.Errorf("queue %s: %w", conn, err)
-	}
-	if err := b.hash.Put(h[:], u64(seq)); err != nil {
 		return fmt.Errorf("queue %s: %w", conn, err)
 	}
 	if err := addCounter(b.meta, keyDepth, 1); err != nil {
@@ -234,18 +244,10 @@ func (s *Store) remove(ctx context.Context, conn string, delivered bool, seqs []
 		}
 		var n int64
 		for _, seq := range seqs {
-			v := b.ready.Get(u64(seq))
-			if v == nil {
+			if b.ready.Get(u64(seq)) == nil {
 				continue // purged meanwhile
 			}
-			e, err := decodeEntry(v)
-			if err != nil {
-				return err
-			}
 			if err := b.ready.Delete(u64(seq)); err != nil {
-				return err
-			}
-			if err := b.hash.Delete(e.Hash[:]); err != nil {
 				return err
 			}
 			n++

@@ -41,7 +41,7 @@ func enqueue(t *testing.T, q *Store, db *store.DB, conn string, i int) error {
 	return db.Update(context.Background(), func(tx *bolt.Tx) error { return q.EnqueueTx(tx, conn, h(i)) })
 }
 
-func TestFIFOIdempotentAndLimited(t *testing.T) {
+func TestFIFOAndLimited(t *testing.T) {
 	q, db := open(t)
 	q.SetLimit("b", 5)
 	wake := q.Wake("b")
@@ -55,8 +55,11 @@ func TestFIFOIdempotentAndLimited(t *testing.T) {
 	default:
 		t.Fatal("no wake-up after enqueue")
 	}
-	if err := enqueue(t, q, db, "b", 3); err != nil {
-		t.Fatalf("re-enqueue of a queued message: %v", err)
+	// The limit holds for a message already queued too: the queue does
+	// not deduplicate (route queues a message only when it is new to the
+	// archive or brings new recipients).
+	if err := enqueue(t, q, db, "b", 3); !errors.Is(err, ErrFull) {
+		t.Fatalf("over the limit, a queued message: %v", err)
 	}
 	if err := enqueue(t, q, db, "b", 99); !errors.Is(err, ErrFull) {
 		t.Fatalf("over the limit: %v", err)
@@ -101,11 +104,6 @@ func TestAckFailDeadRetryPurge(t *testing.T) {
 	dead, _ := q.List("b", true, 10)
 	if len(dead) != 1 || dead[0].LastError != "550 no" || dead[0].Attempts != 1 {
 		t.Fatalf("dead letters %+v", dead)
-	}
-	// A dead-lettered message is not queued again behind the operator's back.
-	enqueue(t, q, db, "b", 2)
-	if st := q.Stats("b"); st.Depth != 2 {
-		t.Fatalf("dead letter re-queued silently: %+v", st)
 	}
 	n, err := q.Retry(ctx, "b")
 	if err != nil || n != 1 {
@@ -166,9 +164,42 @@ func TestAckManyInOneTransaction(t *testing.T) {
 	if len(left) != 2 || left[0].Hash != h(2) || left[1].Hash != h(4) {
 		t.Fatalf("left %+v", left)
 	}
-	// Each acked message can be queued again (it left the hash index).
+	// An acked message can be queued again (a duplicate that brought new
+	// recipients: the peer must learn them).
 	enqueue(t, q, db, "b", 1)
 	if st := q.Stats("b"); st.Depth != 3 {
 		t.Fatalf("re-enqueue after ack: %+v", st)
+	}
+}
+
+// A store from before the queue stopped deduplicating loses its hash
+// index on Open; its entries stay queued.
+func TestOpenDropsTheOldHashIndex(t *testing.T) {
+	q, db := open(t)
+	for i := range 2 {
+		enqueue(t, q, db, "b", i)
+	}
+	err := db.Bolt().Update(func(tx *bolt.Tx) error {
+		old, err := tx.Bucket(bucketQueue).Bucket([]byte("b")).CreateBucket(bucketOldHash)
+		if err != nil {
+			return err
+		}
+		k := h(0)
+		return old.Put(k[:], []byte{0, 0, 0, 0, 0, 0, 0, 1})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q, err = Open(db); err != nil {
+		t.Fatal(err)
+	}
+	db.Bolt().View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketQueue).Bucket([]byte("b")).Bucket(bucketOldHash) != nil {
+			t.Error("the old hash index is still there")
+		}
+		return nil
+	})
+	if st := q.Stats("b"); st.Depth != 2 {
+		t.Fatalf("after reopen: %+v", st)
 	}
 }

@@ -84,10 +84,12 @@ func TestDeliverArchivesAndQueuesOnce(t *testing.T) {
 	if err != nil || out.New || len(out.Forwarded) != 0 {
 		t.Fatalf("duplicate: %+v %v", out, err)
 	}
-	// New recipients re-queue (the peers must learn them).
+	// New recipients re-queue (the peers must learn them), whether the
+	// first copy was delivered (to-b) or is still queued (to-c: the peer
+	// gets it twice and deduplicates).
 	g.q.Ack(g.ctx, "to-b", 1)
 	out, _ = g.r.Deliver(g.ctx, "journal", item("Subject: 1\r\n\r\nx\r\n", nil, "bcc@x"))
-	if fmt.Sprint(out.Forwarded) != "[to-b to-c]" || g.q.Stats("to-b").Depth != 1 || g.q.Stats("to-c").Depth != 1 {
+	if fmt.Sprint(out.Forwarded) != "[to-b to-c]" || g.q.Stats("to-b").Depth != 1 || g.q.Stats("to-c").Depth != 2 {
 		t.Fatalf("new recipients: %+v, queues %+v %+v", out, g.q.Stats("to-b"), g.q.Stats("to-c"))
 	}
 	// ha takes archive only; the disabled route adds nothing.

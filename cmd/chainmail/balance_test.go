@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"chainmail/internal/testutil"
 )
 
 const balWait = 30 * time.Second
@@ -87,24 +89,6 @@ func balSink(t *testing.T) string {
 		return err == nil
 	})
 	return addr
-}
-
-// syncBuffer is a bytes.Buffer safe to read while a child writes to it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 type balSMTP struct {
@@ -216,7 +200,7 @@ func TestBalanceCommand(t *testing.T) {
 	}
 	write(balConfig(front, admin, fmt.Sprintf("{name: a, address: %q}", a)))
 
-	var stderr syncBuffer
+	var stderr testutil.SyncBuffer
 	child := exec.Command(os.Args[0], "-test.run=^TestBalanceHelperProcess$")
 	child.Env = append(os.Environ(), "CHAINMAIL_BALANCE_HELPER=1", "CHAINMAIL_BALANCE_CONFIG="+file)
 	child.Stdout, child.Stderr = io.Discard, &stderr

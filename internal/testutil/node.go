@@ -91,7 +91,7 @@ type Node struct {
 	Config string
 	API    string // http://host:port
 	cmd    *exec.Cmd
-	out    *syncBuffer
+	out    *SyncBuffer
 	exited chan struct{}
 	err    error
 }
@@ -141,7 +141,7 @@ func webAddress(tb testing.TB, cfg string) string {
 
 func (n *Node) start() {
 	n.tb.Helper()
-	n.out = &syncBuffer{}
+	n.out = &SyncBuffer{}
 	n.cmd = exec.Command(Binary(n.tb), "serve", "-c", n.Config)
 	n.cmd.Dir = n.Dir
 	n.cmd.Stdout, n.cmd.Stderr = n.out, n.out
@@ -338,18 +338,20 @@ func WaitFor(tb testing.TB, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer safe to read while a child process or a
+// logger writes to it.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()

@@ -83,7 +83,7 @@ type PostfixConfig struct {
 type Postfix struct {
 	Dir    string
 	master *exec.Cmd
-	out    *syncBuffer
+	out    *SyncBuffer
 }
 
 // StartPostfix starts an instance, or skips the test when Postfix is not
@@ -131,7 +131,7 @@ func StartPostfix(tb testing.TB, cfg PostfixConfig) *Postfix {
 	if out, err := exec.Command("/usr/sbin/postfix", "-c", dir, "check").CombinedOutput(); err != nil {
 		tb.Fatalf("postfix check: %v\n%s", err, out)
 	}
-	p := &Postfix{Dir: dir, out: &syncBuffer{}}
+	p := &Postfix{Dir: dir, out: &SyncBuffer{}}
 	// The master in the foreground (-s), so it is our child and its PID
 	// ours to stop.
 	p.master = exec.Command(PostfixMaster, "-c", dir, "-s")
