@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/bcrypt"
 
@@ -133,10 +134,20 @@ func TestTLSRequiredAndAuthRequired(t *testing.T) {
 		startTLS(t, c, pool)
 		ehlo(t, c)
 		authPlain(t, c, authUser, "wrong", "535 5.7.8 Authentication failed")
-		authPlain(t, c, "nobody", authPassword, "535 5.7.8 Authentication failed")
-		authPlain(t, c, "", "", "535 5.7.8 Authentication failed")
-		authLogin(t, c, authUser, "wrong", "535 5.7.8 Authentication failed")
+		authLogin(t, c, "nobody", authPassword, "535 5.7.8 Authentication failed")
 		cmd(t, c, "530 5.7.0 Authentication required", "MAIL FROM:<s@example.com>")
+		// The third failure on a connection is its last.
+		authPlain(t, c, "", "", "421 4.7.0 Too many failed authentication attempts, closing connection")
+		if err := c.WaitClosed(5 * time.Second); err != nil {
+			t.Fatalf("after the third failed AUTH: %v", err)
+		}
+		// The count is per connection: a new one starts again.
+		c = dial(t, addr, "")
+		ehlo(t, c)
+		startTLS(t, c, pool)
+		ehlo(t, c)
+		authLogin(t, c, authUser, "wrong", "535 5.7.8 Authentication failed")
+		authPlain(t, c, authUser, authPassword, "235 2.0.0 Authentication succeeded")
 	})
 	for _, mech := range []string{"PLAIN", "LOGIN"} {
 		t.Run("AUTH "+mech, func(t *testing.T) {

@@ -203,11 +203,32 @@ type trackedConn struct {
 	start     time.Time
 	once      sync.Once
 
-	mu       sync.Mutex
-	helo     string
-	messages int
-	bytes    int64
-	failures int
+	mu           sync.Mutex
+	helo         string
+	messages     int
+	bytes        int64
+	failures     int
+	authFailures int // per connection: STARTTLS starts a new session, not a new count
+
+	// closeAfterWrite closes the connection once the next reply is out,
+	// for replies after which go-smtp would read on (AUTH's).
+	closeAfterWrite atomic.Bool
+}
+
+func (c *trackedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if c.closeAfterWrite.Load() {
+		c.Conn.Close() // go-smtp's next read fails and it closes c
+	}
+	return n, err
+}
+
+// authFailed counts a failed AUTH and returns the connection's count.
+func (c *trackedConn) authFailed() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.authFailures++
+	return c.authFailures
 }
 
 func (c *trackedConn) Close() error {

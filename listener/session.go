@@ -218,10 +218,22 @@ func (s *session) AuthMechanisms() []string {
 }
 
 func (s *session) Auth(mech string) (sasl.Server, error) {
+	fail := func(user string) error {
+		n := s.conn.authFailed()
+		log := s.l.log.WithFields(logrus.Fields{"client": s.conn.remote.String(), "user": user, "attempt": n})
+		if n < maxAuthFailures {
+			log.Warn("authentication failed")
+			return smtp.ErrAuthFailed
+		}
+		// Guessing passwords costs a new connection every few tries, and
+		// each is counted against max_sessions_per_ip.
+		log.Warn("authentication failed; too many attempts, closing the connection")
+		s.conn.closeAfterWrite.Store(true)
+		return replyAuthTooMany
+	}
 	check := func(user, pass string) error {
 		if !s.l.checkUser(user, pass) {
-			s.l.log.WithFields(logrus.Fields{"client": s.conn.remote.String(), "user": user}).Warn("authentication failed")
-			return smtp.ErrAuthFailed
+			return fail(user)
 		}
 		s.authUser = user
 		return nil
@@ -230,7 +242,7 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	case sasl.Plain:
 		return sasl.NewPlainServer(func(identity, user, pass string) error {
 			if identity != "" && identity != user {
-				return smtp.ErrAuthFailed
+				return fail(user)
 			}
 			return check(user, pass)
 		}), nil
