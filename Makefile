@@ -24,9 +24,11 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 # The whole suite, race detector on: unit tests, fuzz seed corpora, and the
-# end-to-end tests that run the real binary against real SMTP clients.
+# end-to-end tests that run the real binary against real SMTP clients. The
+# browser test's screenshots of every console page stay in ARTIFACTS.
+ARTIFACTS ?= $(CURDIR)/test-artifacts
 test: deps fmt-check vet
-	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+	CHAINMAIL_ARTIFACTS=$(ARTIFACTS) $(GO) test -race -count=1 -timeout 20m $(PKGS)
 
 # Short fuzzing runs of every parser of untrusted bytes (their seed corpora
 # already run in make test). FUZZTIME per target.
@@ -49,4 +51,4 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./archive ./internal/... ./journal
 
 clean:
-	rm -rf bin chainmail-data
+	rm -rf bin chainmail-data test-artifacts
