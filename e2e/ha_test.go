@@ -16,6 +16,7 @@ type haNode struct {
 	peers                  []string // names of nodes it forwards to
 	forwardHA              bool     // ring: what arrives on ha is forwarded too
 	extra                  string   // extra connection keys
+	probe                  string   // probe_interval of its connections (default 200ms)
 }
 
 func newHANode(t *testing.T, name string) *haNode {
@@ -29,8 +30,12 @@ func newHANode(t *testing.T, name string) *haNode {
 
 func (n *haNode) config(all map[string]*haNode) string {
 	var conns, fwd strings.Builder
+	probe := n.probe
+	if probe == "" {
+		probe = "200ms"
+	}
 	for _, p := range n.peers {
-		fmt.Fprintf(&conns, "  - {name: to-%s, address: %s, probe_interval: 200ms, retry_min: 100ms, retry_max: 1s, timeout: 5s%s}\n", p, all[p].ha, n.extra)
+		fmt.Fprintf(&conns, "  - {name: to-%s, address: %s, probe_interval: %s, retry_min: 100ms, retry_max: 1s, timeout: 5s%s}\n", p, all[p].ha, probe, n.extra)
 		fmt.Fprintf(&fwd, ", forward:to-%s", p)
 	}
 	connSection := ""
@@ -98,6 +103,36 @@ func TestTwoNodeChainConverges(t *testing.T) {
 	if c.Name != "to-b" || c.State != "up" || c.Delivered != 20 || c.PeerNode != "b" {
 		t.Fatalf("connection status %+v", c)
 	}
+}
+
+// TestReturningPeerIsProbedAtOnce: a node that comes back starts
+// replicating its own traffic, and its first session to our ha listener
+// tells us it is up: our backlog for it goes at once, not at our next
+// probe (an hour away here).
+func TestReturningPeerIsProbedAtOnce(t *testing.T) {
+	t.Parallel()
+	a, b := newHANode(t, "a"), newHANode(t, "b")
+	a.peers, b.peers = []string{"b"}, []string{"a"}
+	a.probe = "1h"
+	all := map[string]*haNode{"a": a, "b": b}
+	na := testutil.StartNode(t, a.config(all))
+	var sent [][]byte
+	for i := range 10 {
+		m := msgN("back", i)
+		if r, err := testutil.Send(a.journal, "j@example.com", []string{"r@example.org"}, m); err != nil || r.Code != 250 {
+			t.Fatalf("send: %v %v", r, err)
+		}
+		sent = append(sent, m)
+	}
+	testutil.WaitFor(t, 10*time.Second, "a's connection to b to be down with its backlog", func() bool {
+		c := connections(t, na)["to-b"]
+		return c.State == "down" && c.LastError != "" && c.QueueDepth == 10
+	})
+	nb := testutil.StartNode(t, b.config(all))
+	want := testutil.DigestOf(sent)
+	testutil.WaitFor(t, 20*time.Second, "b to be caught up", func() bool {
+		return nb.Digest() == want && connections(t, na)["to-b"].QueueDepth == 0
+	})
 }
 
 type connStatus struct {

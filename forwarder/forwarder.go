@@ -166,6 +166,33 @@ func (f *Forwarder) PeerNode(name string) string {
 	return c.peerNode
 }
 
+// PeerSeen is told that node has just greeted one of this node's ha
+// listeners. A peer that sends to us is up, so each connection to it that
+// is down probes now rather than at its next probe_interval: a node that
+// comes back gets its backlog the moment it starts replicating its own.
+// A false claim costs one probe.
+func (f *Forwarder) PeerSeen(node string) {
+	if node == "" {
+		return
+	}
+	f.mu.Lock()
+	list := make([]*conn, 0, len(f.conns))
+	for _, c := range f.conns {
+		list = append(list, c)
+	}
+	f.mu.Unlock()
+	for _, c := range list {
+		c.mu.Lock()
+		// A peer never reached has no known id yet: it may be this one.
+		back := c.state == StateDown && (c.cfg.PeerNode == node || c.cfg.PeerNode == "" && (c.peerNode == node || c.peerNode == ""))
+		c.mu.Unlock()
+		if back {
+			c.log.WithField("peer_node", node).Debug("the peer greeted our ha listener; probing it now")
+			c.kickNow()
+		}
+	}
+}
+
 // Pause stops sending on a connection until Resume; its queue keeps
 // filling.
 func (f *Forwarder) Pause(name string) error { return f.control(name, true) }

@@ -898,3 +898,30 @@ func TestPeerRefusingExtraSessionsKeepsConnectionUp(t *testing.T) {
 		t.Errorf("no extra session was refused: the test did not test")
 	}
 }
+
+// A peer that greets one of our ha listeners is up: its connection, down
+// and an hour from its next probe, probes at once. Another node's greeting
+// does not wake it.
+func TestPeerSeenProbesAtOnce(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, "a")
+	peer := testutil.StartFakePeer(t, "b")
+	peer.Down()
+	ms := n.messages(3)
+	n.put([]string{"peer-b"}, ms...)
+	f := n.start(conn("peer-b", peer.Addr(), func(c *config.Connection) {
+		c.ProbeInterval = time.Hour
+		c.PeerNode = "b"
+	}))
+	f.waitDown("peer-b")
+	peer.Up()
+	d := n.dials.Load()
+	f.PeerSeen("c")
+	time.Sleep(300 * time.Millisecond) // an observation window, not synchronisation
+	if got := n.dials.Load(); got != d {
+		t.Fatalf("another node's greeting made %d probes", got-d)
+	}
+	f.PeerSeen("b")
+	f.waitDrained("peer-b")
+	n.checkDelivered(peer, ms...)
+}

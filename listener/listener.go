@@ -35,6 +35,10 @@ type Deps struct {
 	// ShutdownGrace bounds how long a stopping listener waits for
 	// transactions in flight before closing their connections.
 	ShutdownGrace time.Duration
+	// PeerHello, if set, is told the EHLO name of every session on an ha
+	// listener: a peer greets with its node id, and one that sends to us
+	// is up (forwarder.PeerSeen).
+	PeerHello func(node string)
 }
 
 // maxLineLength bounds a line, command or data. RFC 5322 §2.1.1 allows 998

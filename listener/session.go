@@ -16,6 +16,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"chainmail/archive"
+	"chainmail/internal/config"
 	"chainmail/internal/envelope"
 	"chainmail/journal"
 )
@@ -56,6 +57,9 @@ func (l *Listener) newSession(c *smtp.Conn) (smtp.Session, error) {
 	tc.mu.Lock()
 	tc.helo = s.helo
 	tc.mu.Unlock()
+	if l.cfg.Role == config.RoleHA && l.deps.PeerHello != nil {
+		l.deps.PeerHello(s.helo)
+	}
 	return s, nil
 }
 

@@ -166,7 +166,7 @@ func startNode(cfg *config.Node, log *logrus.Entry, stdout io.Writer, resetRunti
 		Log:     log.WithField("component", "route"),
 	})
 	n.ldeps = listener.Deps{
-		Node: cfg.Node, Router: n.router,
+		Node: cfg.Node, Router: n.router, PeerHello: n.forwarder.PeerSeen,
 		SpoolDir: spool, SpoolThreshold: int64(cfg.Store.SpoolThreshold),
 		Metrics: listener.NewMetrics(reg), Log: log,
 	}
