@@ -577,7 +577,10 @@ func (c *conn) status() Status {
 	if !st.Oldest.IsZero() {
 		s.OldestAgeS = time.Since(st.Oldest).Seconds()
 	}
-	if s.Rate > 0 && st.Depth > 0 {
+	// Only a connection that is sending has an ETA: the rate of the last
+	// 10 s says nothing of when a paused or unreachable peer gets its
+	// backlog.
+	if sending := s.State == StateUp || s.State == StateCatchingUp; sending && s.Rate > 0 && st.Depth > 0 {
 		s.ETAS = float64(st.Depth) / s.Rate
 	}
 	return s

@@ -465,8 +465,8 @@ func TestPauseAndResume(t *testing.T) {
 	if err := f.Kick("peer-b"); err != nil {
 		t.Fatal(err)
 	}
-	if s := f.status("peer-b"); s.State != forwarder.StatePaused || s.QueueDepth != 6 {
-		t.Fatalf("status %+v, want paused with 6 queued", s)
+	if s := f.status("peer-b"); s.State != forwarder.StatePaused || s.QueueDepth != 6 || s.Rate == 0 || s.ETAS != 0 {
+		t.Fatalf("status %+v, want paused with 6 queued, a rate from the last 10 s and no ETA", s)
 	}
 
 	if err := f.Resume("peer-b"); err != nil {
