@@ -327,6 +327,23 @@ func (u *Users) SetPassword(ctx context.Context, user, password string) error {
 	if msg := validPassword(password); msg != "" {
 		return &InvalidAccount{Fields: map[string]string{"password": msg}}
 	}
+	return u.setPassword(ctx, user, password, principalName(ctx))
+}
+
+// ResetPassword gives an existing account a new random password, the kind
+// the first start makes, and returns it so that the caller prints it once.
+// by names who did it in the audit log. It is how an operator who lost
+// every admin password gets back in: `chainmail reset-password`, on the
+// data directory of a stopped node.
+func (u *Users) ResetPassword(ctx context.Context, user, by string) (string, error) {
+	password := rand.Text()
+	if err := u.setPassword(ctx, user, password, by); err != nil {
+		return "", err
+	}
+	return password, nil
+}
+
+func (u *Users) setPassword(ctx context.Context, user, password, by string) error {
 	hash, err := bcrypt.GenerateFromPassword([]byte(password), u.cost)
 	if err != nil {
 		return fmt.Errorf("web: users: hash password: %w", err)
@@ -346,7 +363,7 @@ func (u *Users) SetPassword(ctx context.Context, user, password string) error {
 		if err := b.Put([]byte(user), nv); err != nil {
 			return err
 		}
-		return liveconfig.Record(tx, liveconfig.Entry{At: now, By: principalName(ctx), Action: "update", Kind: AuditKindUsers, Name: user,
+		return liveconfig.Record(tx, liveconfig.Entry{At: now, By: by, Action: "update", Kind: AuditKindUsers, Name: user,
 			After: map[string]any{"password": "changed"}})
 	})
 	if err != nil {

@@ -32,6 +32,7 @@ commands:
   queue    ls|retry|purge                  a running node's outbound queues
   import   [--smtp ADDR] PATH...           submit .eml, mbox and Maildir messages to a node's listener
   passwd                        print a bcrypt hash of a password (for auth users)
+  reset-password [-c FILE] [ACCOUNT]       a new console password, on a stopped node
   version                       print the version
 
 Run 'chainmail <command> -h' for a command's flags.
@@ -58,6 +59,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return runQueue(ctx, rest, stdout, stderr)
 	case "import":
 		return runImport(ctx, rest, stdout, stderr)
+	case "reset-password":
+		return runResetPassword(ctx, rest, stdout, stderr)
 	case "passwd":
 		return runPasswd(rest, os.Stdin, stdout, stderr)
 	case "version", "-version", "--version":
