@@ -40,8 +40,11 @@ type NewAccount struct {
 }
 
 // PasswordChange is the body of POST /api/v1/users/{name}/password.
+// Current is the account's present password, required when a console
+// session changes its own.
 type PasswordChange struct {
 	Password string `json:"password"`
+	Current  string `json:"current_password,omitempty"`
 }
 
 func (s *Server) accountStore() (AccountStore, error) {
@@ -128,8 +131,13 @@ func (s *Server) accountDelete(ctx context.Context, name string) error {
 
 // accountPassword sets an account's password: the admin role may set any,
 // every account its own. The account's other console sessions end; the
-// caller's own session stays.
-func (s *Server) accountPassword(ctx context.Context, name, password string) error {
+// caller's own session stays. A console session changing its own password
+// gives the current one too: a session is a cookie, not proof of the
+// password, and one left open on a shared screen must not be enough to
+// take the account over. Wrong guesses count against the client's login
+// limit. (Basic auth has just presented the password; tokens are not
+// accounts.)
+func (s *Server) accountPassword(ctx context.Context, name string, pc PasswordChange, remoteAddr string) error {
 	st, err := s.accountStore()
 	if err != nil {
 		return err
@@ -138,7 +146,22 @@ func (s *Server) accountPassword(ctx context.Context, name, password string) err
 	if p.Role != RoleAdmin && !ownAccount(p, name) {
 		return &Error{Status: http.StatusForbidden, Msg: fmt.Sprintf("role %s may change only its own password", p.Role)}
 	}
-	if err := st.SetPassword(ctx, name, password); err != nil {
+	if p.Via == "session" && p.Name == name {
+		a, ip := s.auth, clientKey(remoteAddr)
+		if a.limiter.retryAfter(ip) > 0 {
+			a.metrics.authFailures.WithLabelValues("limited").Inc()
+			return &Error{Status: http.StatusTooManyRequests, Msg: "too many wrong passwords from your address; try again later"}
+		}
+		if _, ok := st.Check(name, pc.Current); !ok {
+			a.limiter.fail(ip)
+			a.metrics.authFailures.WithLabelValues("password").Inc()
+			s.accountLog(ctx, "password", name).WithField("client", remoteAddr).Warn("web: password change refused: wrong current password")
+			return &Error{Status: http.StatusBadRequest, Msg: "current_password: wrong password",
+				Fields: map[string]string{"current_password": "not your current password"}}
+		}
+		a.limiter.succeed(ip)
+	}
+	if err := st.SetPassword(ctx, name, pc.Password); err != nil {
 		return accountError(err)
 	}
 	ended := s.console.sessions.EndUser(name, p.session)
@@ -202,7 +225,7 @@ func (s *Server) handleUserPassword(w http.ResponseWriter, r *http.Request) {
 	var pc PasswordChange
 	err := decodeBody(r, &pc)
 	if err == nil {
-		err = s.accountPassword(r.Context(), r.PathValue("name"), pc.Password)
+		err = s.accountPassword(r.Context(), r.PathValue("name"), pc, r.RemoteAddr)
 	}
 	if err != nil {
 		writeError(w, r, s.log, err)

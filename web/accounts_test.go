@@ -255,7 +255,19 @@ func TestConsoleAccounts(t *testing.T) {
 	if a := v.post("/accounts/viewer/password", url.Values{"password": {"viewer password 2"}, "repeat": {"viewer password 2"}}); a.code != http.StatusForbidden {
 		t.Errorf("own password without CSRF: %d", a.code)
 	}
-	a = v.post("/accounts/viewer/password", url.Values{"csrf": {vtok}, "password": {"viewer password 2"}, "repeat": {"viewer password 2"}})
+	// The form asks for the current password, and a session alone is not
+	// enough to change it.
+	if a := v.get("/accounts/viewer/password"); !strings.Contains(a.body, `name="current_password"`) {
+		t.Errorf("own password form without the current password:\n%s", a.body)
+	}
+	if a := v.get("/accounts/viewer/password"); !strings.Contains(a.body, "Current password") {
+		t.Errorf("own password form does not label the current password")
+	}
+	a = v.post("/accounts/viewer/password", url.Values{"csrf": {vtok}, "current_password": {"a wrong guess"}, "password": {"viewer password 2"}, "repeat": {"viewer password 2"}})
+	if a.code != http.StatusBadRequest || !strings.Contains(a.body, "not your current password") {
+		t.Fatalf("own password with a wrong current one: %d\n%s", a.code, a.body)
+	}
+	a = v.post("/accounts/viewer/password", url.Values{"csrf": {vtok}, "current_password": {"viewer password 1"}, "password": {"viewer password 2"}, "repeat": {"viewer password 2"}})
 	if a.code != http.StatusSeeOther {
 		t.Fatalf("own password: %d\n%s", a.code, a.body)
 	}

@@ -37,6 +37,10 @@ var accountSpecs = []fieldSpec{
 	{Key: "repeat", Label: "Repeat the password", Type: "password"},
 }
 
+// currentSpec asks for the present password when the account is the
+// caller's own.
+var currentSpec = fieldSpec{Key: "current_password", Label: "Current password", Type: "password"}
+
 // passwordSpecs are the fields of the password form.
 var passwordSpecs = []fieldSpec{
 	{Key: "password", Label: "New password", Type: "password", Help: fmt.Sprintf("%d to %d characters.", minPassword, maxPassword)},
@@ -186,7 +190,12 @@ func (c *console) showPassword(w http.ResponseWriter, r *http.Request, sess ui.S
 		c.fail(w, r, sess, err)
 		return
 	}
-	d := passwordData{Account: acc, Own: acc.Name == sess.User, Fields: accountFields(passwordSpecs, nil, errs), HasErrors: len(errs) > 0}
+	specs := passwordSpecs
+	own := acc.Name == sess.User
+	if own {
+		specs = append([]fieldSpec{currentSpec}, passwordSpecs...)
+	}
+	d := passwordData{Account: acc, Own: own, Fields: accountFields(specs, nil, errs), HasErrors: len(errs) > 0}
 	title := "Set the password of " + acc.Name
 	if d.Own {
 		title = "Change your password"
@@ -204,7 +213,8 @@ func (c *console) accountPasswordAct(w http.ResponseWriter, r *http.Request, ses
 		c.showPassword(w, r, sess, errs, http.StatusBadRequest)
 		return
 	}
-	err := c.s.accountPassword(r.Context(), name, r.PostFormValue("password"))
+	err := c.s.accountPassword(r.Context(), name,
+		PasswordChange{Password: r.PostFormValue("password"), Current: r.PostFormValue("current_password")}, r.RemoteAddr)
 	var e *Error
 	if errors.As(err, &e) && e.Fields != nil {
 		c.showPassword(w, r, sess, e.Fields, e.Status)
