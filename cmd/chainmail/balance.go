@@ -39,7 +39,7 @@ func runBalance(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return 1
 	}
 	log := newLogger(cfg.Balancer.Log, stderr)
-	stopProfile, err := startCPUProfile(stderr)
+	stopProfile, err := startCPUProfile("balance", stderr)
 	if err != nil {
 		log.WithError(err).Error("cpu profile")
 		return 1

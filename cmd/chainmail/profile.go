@@ -7,15 +7,15 @@ import (
 	"runtime/pprof"
 )
 
-// cpuProfileEnv names a file that serve writes a CPU profile to, from start
-// to a clean stop (bench/ingest.sh uses it; see docs/BENCHMARKS.md). It is
-// an environment variable, not a flag, because it is a tool for whoever
-// measures the node, not part of its configuration.
+// cpuProfileEnv names a file that serve and balance write a CPU profile to,
+// from start to a clean stop (bench/ingest.sh uses it; see
+// docs/BENCHMARKS.md). It is an environment variable, not a flag, because
+// it is a tool for whoever measures, not part of the configuration.
 const cpuProfileEnv = "CHAINMAIL_CPUPROFILE"
 
 // startCPUProfile starts the CPU profile when cpuProfileEnv is set and
 // returns the function that stops and writes it.
-func startCPUProfile(stderr io.Writer) (stop func(), err error) {
+func startCPUProfile(command string, stderr io.Writer) (stop func(), err error) {
 	path := os.Getenv(cpuProfileEnv)
 	if path == "" {
 		return func() {}, nil
@@ -28,7 +28,7 @@ func startCPUProfile(stderr io.Writer) (stop func(), err error) {
 		f.Close()
 		return nil, fmt.Errorf("%s: %w", cpuProfileEnv, err)
 	}
-	fmt.Fprintf(stderr, "chainmail serve: writing a CPU profile to %s until stopped\n", path)
+	fmt.Fprintf(stderr, "chainmail %s: writing a CPU profile to %s until stopped\n", command, path)
 	return func() {
 		pprof.StopCPUProfile()
 		f.Close()

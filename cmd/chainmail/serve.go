@@ -48,7 +48,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	log := newLogger(cfg.Log, stderr)
 	tuneGC()
-	stopProfile, err := startCPUProfile(stderr)
+	stopProfile, err := startCPUProfile("serve", stderr)
 	if err != nil {
 		log.WithError(err).Error("cpu profile")
 		return 1
