@@ -25,6 +25,7 @@ type AccountStore interface {
 	Create(ctx context.Context, name, role, password string) (Account, error)
 	Delete(ctx context.Context, name string) error
 	SetPassword(ctx context.Context, name, password string) error
+	SetRole(ctx context.Context, name, role string) error
 }
 
 // AccountList is the answer of GET /api/v1/users.
@@ -37,6 +38,11 @@ type NewAccount struct {
 	Name     string `json:"name"`
 	Role     string `json:"role"`
 	Password string `json:"password"`
+}
+
+// RoleChange is the body of POST /api/v1/users/{name}/role.
+type RoleChange struct {
+	Role string `json:"role"`
 }
 
 // PasswordChange is the body of POST /api/v1/users/{name}/password.
@@ -71,6 +77,9 @@ func accountError(err error) error {
 	case errors.Is(err, ErrLastAdmin):
 		return &Error{Status: http.StatusConflict, Param: "name",
 			Msg: "the last account with the admin role cannot be deleted; create another admin account first"}
+	case errors.Is(err, ErrLastAdminRole):
+		return &Error{Status: http.StatusConflict, Param: "name",
+			Msg: "the last account with the admin role cannot lose it; give another account the admin role first"}
 	}
 	return err
 }
@@ -126,6 +135,22 @@ func (s *Server) accountDelete(ctx context.Context, name string) error {
 	}
 	ended := s.console.sessions.EndUser(name, ui.Session{})
 	s.accountLog(ctx, "delete", name).WithField("sessions_ended", ended).Info("web: account changed")
+	return nil
+}
+
+// accountRole changes an account's role and ends its console sessions,
+// the caller's own included: a session keeps the role it logged in with,
+// so the account logs in again under the new one.
+func (s *Server) accountRole(ctx context.Context, name, role string) error {
+	st, err := s.accountStore()
+	if err != nil {
+		return err
+	}
+	if err := st.SetRole(ctx, name, role); err != nil {
+		return accountError(err)
+	}
+	ended := s.console.sessions.EndUser(name, ui.Session{})
+	s.accountLog(ctx, "role", name).WithFields(logrus.Fields{"role": role, "sessions_ended": ended}).Info("web: account changed")
 	return nil
 }
 
@@ -211,6 +236,19 @@ func (s *Server) handleUserCreate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusCreated, acc)
+}
+
+func (s *Server) handleUserRole(w http.ResponseWriter, r *http.Request) {
+	var rc RoleChange
+	err := decodeBody(r, &rc)
+	if err == nil {
+		err = s.accountRole(r.Context(), r.PathValue("name"), rc.Role)
+	}
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (s *Server) handleUserDelete(w http.ResponseWriter, r *http.Request) {

@@ -2,6 +2,7 @@ package web
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -168,6 +169,63 @@ func TestAccountsAPI(t *testing.T) {
 	}
 }
 
+// TestAccountRoles: an admin changes an account's role; the change takes
+// effect at once (the account's sessions end, its cached logins go), the
+// last admin keeps its role, and the audit log has before and after.
+func TestAccountRoles(t *testing.T) {
+	t.Parallel()
+	n, _, adminPW := newAccountsNode(t)
+	s := n.s
+	admin := basic("admin", adminPW)
+	if w := call(t, s, "POST", "/api/v1/users", `{"name":"ops","role":"read-only","password":"ops password 11"}`, admin); w.Code != http.StatusCreated {
+		t.Fatalf("create: %d %s", w.Code, w.Body)
+	}
+	ops := basic("ops", "ops password 11")
+	// A read-only account may not promote itself; its login is cached now.
+	if w := call(t, s, "POST", "/api/v1/users/ops/role", `{"role":"admin"}`, ops); w.Code != http.StatusForbidden {
+		t.Fatalf("read-only promotes itself: %d %s", w.Code, w.Body)
+	}
+	if w := call(t, s, "POST", "/api/v1/users/ops/role", `{"role":"root"}`, admin); w.Code != http.StatusBadRequest || errorOf(t, w).Fields["role"] == "" {
+		t.Errorf("unknown role: %d %s", w.Code, w.Body)
+	}
+	if w := call(t, s, "POST", "/api/v1/users/nobody/role", `{"role":"admin"}`, admin); w.Code != http.StatusNotFound {
+		t.Errorf("role of unknown: %d", w.Code)
+	}
+	if w := call(t, s, "POST", "/api/v1/users/admin/role", `{"role":"read-only"}`, admin); w.Code != http.StatusConflict || !strings.Contains(errorOf(t, w).Error, "last") {
+		t.Errorf("demote the last admin: %d %s", w.Code, w.Body)
+	}
+	if w := call(t, s, "POST", "/api/v1/users/ops/role", `{"role":"admin"}`, admin); w.Code != http.StatusNoContent {
+		t.Fatalf("promote ops: %d %s", w.Code, w.Body)
+	}
+	// At once: ops may now write (the cached read-only login is gone).
+	if w := call(t, s, "POST", "/api/v1/users", `{"name":"third","role":"read-only","password":"third password 1"}`, ops); w.Code != http.StatusCreated {
+		t.Fatalf("ops as admin: %d %s", w.Code, w.Body)
+	}
+	// With two admins, admin may step down; then ops is the last one.
+	if w := call(t, s, "POST", "/api/v1/users/admin/role", `{"role":"read-only"}`, ops); w.Code != http.StatusNoContent {
+		t.Fatalf("demote admin: %d %s", w.Code, w.Body)
+	}
+	if w := call(t, s, "POST", "/api/v1/users", `{"name":"fourth","role":"read-only","password":"fourth password"}`, admin); w.Code != http.StatusForbidden {
+		t.Errorf("demoted admin still writes: %d", w.Code)
+	}
+	if w := call(t, s, "POST", "/api/v1/users/ops/role", `{"role":"read-only"}`, ops); w.Code != http.StatusConflict {
+		t.Errorf("demote the last admin (itself): %d %s", w.Code, w.Body)
+	}
+	var audit AuditList
+	json.Unmarshal(call(t, s, "GET", "/api/v1/audit", "", bearer(adminToken)).Body.Bytes(), &audit)
+	var got []string
+	for _, e := range audit.Entries {
+		if e.Kind == AuditKindUsers && e.Action == "update" {
+			role := func(v any) any { m, _ := v.(map[string]any); return m["role"] }
+			got = append(got, e.Name+" "+fmt.Sprint(role(e.Before))+"→"+fmt.Sprint(role(e.After))+" by "+e.By)
+		}
+	}
+	want := []string{"admin admin→read-only by ops", "ops read-only→admin by admin"}
+	if strings.Join(got, "; ") != strings.Join(want, "; ") {
+		t.Errorf("audit of roles:\n got %q\nwant %q", got, want)
+	}
+}
+
 func TestAccountsNeedAStore(t *testing.T) {
 	t.Parallel()
 	s := newTestServer(t, newFakeArchive(), nil) // fakeUsers only checks
@@ -282,6 +340,22 @@ func TestConsoleAccounts(t *testing.T) {
 		t.Errorf("old password logs in: %d", a.code)
 	}
 	fresh.login("viewer", "viewer password 2")
+
+	// The admin sets viewer's role from the accounts page; viewer's
+	// sessions end, as it logged in with the old role.
+	if a := b.get("/accounts"); !strings.Contains(a.body, `action="/accounts/viewer/role"`) || !strings.Contains(a.body, `<option value="read-only" selected>`) {
+		t.Errorf("accounts page without the role form:\n%s", a.body)
+	}
+	if a := b.post("/accounts/viewer/role", url.Values{"csrf": {tok}, "role": {RoleAdmin}}); a.code != http.StatusSeeOther {
+		t.Fatalf("set viewer's role: %d\n%s", a.code, a.body)
+	}
+	if a := fresh.get("/"); a.code != http.StatusSeeOther {
+		t.Errorf("viewer's session survived its role change: %d", a.code)
+	}
+	if a := b.get("/accounts"); !strings.Contains(a.body, `is now admin`) {
+		t.Errorf("no confirmation of the role change:\n%s", a.body)
+	}
+	b.post("/accounts/viewer/role", url.Values{"csrf": {tok}, "role": {RoleReadOnly}})
 
 	// The last admin cannot be deleted; the confirmation page says why.
 	if a := b.get("/accounts/admin/delete"); a.code != 200 || !strings.Contains(a.body, "you are logged out") {

@@ -119,6 +119,7 @@ func (s *Server) consoleRoutes() {
 	reg("POST /accounts/{name}/delete", c.act(c.accountDeleteAct))
 	reg("GET /accounts/{name}/password", c.view(c.accountPasswordPage))
 	reg("POST /accounts/{name}/password", c.actOwn(c.accountPasswordAct))
+	reg("POST /accounts/{name}/role", c.act(c.accountRoleAct))
 }
 
 // view wraps a page: it needs a session (else the login page, which comes

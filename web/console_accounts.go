@@ -166,6 +166,20 @@ func (c *console) accountDeleteAct(w http.ResponseWriter, r *http.Request, sess 
 	c.done(w, r, "/accounts", fmt.Sprintf("Account %q deleted; its sessions were ended.", name))
 }
 
+func (c *console) accountRoleAct(w http.ResponseWriter, r *http.Request, sess ui.Session) {
+	name, role := r.PathValue("name"), r.PostFormValue("role")
+	if err := c.s.accountRole(r.Context(), name, role); err != nil {
+		c.fail(w, r, sess, err)
+		return
+	}
+	if name == sess.User {
+		// The account's sessions, this one included, have ended.
+		http.Redirect(w, r, "/login", http.StatusSeeOther)
+		return
+	}
+	c.done(w, r, "/accounts", fmt.Sprintf("Account %q is now %s; its sessions were ended.", name, role))
+}
+
 // passwordData is the password page's.
 type passwordData struct {
 	Account   Account

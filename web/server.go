@@ -226,6 +226,7 @@ func (s *Server) routes() {
 	s.handle("POST", "/api/v1/users", accessAPI, s.handleUserCreate)
 	s.handle("DELETE", "/api/v1/users/{name}", accessAPI, s.handleUserDelete)
 	s.handle("POST", "/api/v1/users/{name}/password", accessOwn, s.handleUserPassword)
+	s.handle("POST", "/api/v1/users/{name}/role", accessAPI, s.handleUserRole)
 	s.handle("GET", "/api/v1/connections/{name}/queue", accessAPI, s.handleQueue)
 	for _, action := range []string{"retry", "purge", "pause", "resume"} {
 		s.handle("POST", "/api/v1/connections/{name}/"+action, accessAPI, s.handleConnectionAction(action))

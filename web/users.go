@@ -47,6 +47,9 @@ var (
 	// ErrLastAdmin: Delete of the only account with the admin role,
 	// which would leave nobody able to manage the node from the console.
 	ErrLastAdmin = errors.New("web: the last admin account cannot be deleted")
+	// ErrLastAdminRole: SetRole taking the admin role from the only
+	// account that has it, for the same reason.
+	ErrLastAdminRole = errors.New("web: the last admin account cannot lose the admin role")
 )
 
 // InvalidAccount is an account change that failed validation; Fields maps
@@ -289,20 +292,8 @@ func (u *Users) Delete(ctx context.Context, name string) error {
 		if err != nil {
 			return err
 		}
-		if rec.Role == RoleAdmin {
-			admins := 0
-			err := b.ForEach(func(k, v []byte) error {
-				if r, err := decodeUser(string(k), v); err == nil && r.Role == RoleAdmin {
-					admins++
-				}
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			if admins <= 1 {
-				return ErrLastAdmin
-			}
+		if rec.Role == RoleAdmin && adminCount(b) <= 1 {
+			return ErrLastAdmin
 		}
 		if err := b.Delete([]byte(name)); err != nil {
 			return err
@@ -316,6 +307,63 @@ func (u *Users) Delete(ctx context.Context, name string) error {
 		}
 		return fmt.Errorf("web: users: delete %q: %w", name, err)
 	}
+	u.forgetLogins()
+	return nil
+}
+
+// adminCount is how many accounts have the admin role; it is read inside
+// the transaction that would remove one, so two concurrent removals cannot
+// both pass.
+func adminCount(b *bolt.Bucket) int {
+	n := 0
+	b.ForEach(func(k, v []byte) error {
+		if r, err := decodeUser(string(k), v); err == nil && r.Role == RoleAdmin {
+			n++
+		}
+		return nil
+	})
+	return n
+}
+
+// SetRole gives an existing account another role. Taking the admin role
+// from the last account that has it is ErrLastAdminRole. The audit log
+// records the role before and after.
+func (u *Users) SetRole(ctx context.Context, name, role string) error {
+	if msg := validRole(role); msg != "" {
+		return &InvalidAccount{Fields: map[string]string{"role": msg}}
+	}
+	now := u.now().UTC()
+	err := u.db.Update(ctx, func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketUsers)
+		rec, err := decodeUser(name, b.Get([]byte(name)))
+		if err != nil {
+			return err
+		}
+		if rec.Role == role {
+			return nil
+		}
+		if rec.Role == RoleAdmin && adminCount(b) <= 1 {
+			return ErrLastAdminRole
+		}
+		old := rec.Role
+		rec.Role = role
+		nv, err := json.Marshal(rec)
+		if err != nil {
+			return err
+		}
+		if err := b.Put([]byte(name), nv); err != nil {
+			return err
+		}
+		return liveconfig.Record(tx, liveconfig.Entry{At: now, By: principalName(ctx), Action: "update", Kind: AuditKindUsers, Name: name,
+			Before: accountAudit(name, old), After: accountAudit(name, role)})
+	})
+	if err != nil {
+		if errors.Is(err, ErrNoUser) || errors.Is(err, ErrLastAdminRole) {
+			return err
+		}
+		return fmt.Errorf("web: users: set role of %q: %w", name, err)
+	}
+	// A cached login carries the role it was checked with.
 	u.forgetLogins()
 	return nil
 }
