@@ -20,6 +20,8 @@ import (
 	"github.com/pires/go-proxyproto"
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
+
+	"chainmail/internal/testutil"
 )
 
 // waitLimit bounds every wait for a condition in these tests.
@@ -92,16 +94,11 @@ func (c *fakeClock) Waiters() int {
 	return len(c.waiters)
 }
 
-// freeAddr finds a free TCP port on a loopback address.
+// freeAddr finds a free TCP port on a loopback address, below the
+// ephemeral range (testutil.FreeAddr says why).
 func freeAddr(t testing.TB, ip string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", ip+":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
+	return testutil.FreeAddr(t, ip)
 }
 
 // sink is a Postfix smtp-sink process: a real SMTP server that accepts and

@@ -51,12 +51,7 @@ func balWaitFor(t *testing.T, what string, cond func() bool) {
 
 func balFreeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return testutil.FreeAddr(t, "127.0.0.1")
 }
 
 // balSink runs Postfix's smtp-sink on a free loopback port, killed by PID

@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -76,12 +78,40 @@ func moduleRoot() (string, error) {
 // ago. host is "127.0.0.1" or another 127.0.0.0/8 address.
 func FreeAddr(tb testing.TB, host string) string {
 	tb.Helper()
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		tb.Fatal(err)
+	freePorts.Lock()
+	defer freePorts.Unlock()
+	if freePorts.next == 0 {
+		// Test binaries run side by side: each starts somewhere else.
+		freePorts.next = freePortLow + rand.IntN(freePortHigh-freePortLow)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	for range freePortHigh - freePortLow {
+		port := freePorts.next
+		if freePorts.next++; freePorts.next == freePortHigh {
+			freePorts.next = freePortLow
+		}
+		addr := net.JoinHostPort(host, strconv.Itoa(port))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return addr
+	}
+	tb.Fatalf("no free port on %s in %d-%d", host, freePortLow, freePortHigh-1)
+	return ""
+}
+
+// FreeAddr's ports lie below Linux's ephemeral range (32768-60999 by
+// default): a port from that range, closed again, may become the source
+// port of any outgoing connection on the machine before the process the
+// test starts binds it, and the suite makes thousands of connections.
+// Within a test binary the ports are handed out in turn, never twice in a
+// row of the range.
+const freePortLow, freePortHigh = 20000, 32000
+
+var freePorts struct {
+	sync.Mutex
+	next int
 }
 
 // Node is a chainmail serve process started by a test.
