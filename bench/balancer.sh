@@ -39,6 +39,8 @@ CM=127.0.0.1:$((PORT_BASE + 5))
 CMI=127.0.0.1:$((PORT_BASE + 6))
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 TMP=$(mktemp -d /tmp/chainmail-balbench.XXXXXX)
 chmod 755 "$TMP"
 PIDS=()
@@ -60,17 +62,8 @@ trap 'exit 130' INT TERM
 
 # --- tools ----------------------------------------------------------------
 
-apt_install() {
-	export DEBIAN_FRONTEND=noninteractive
-	log "installing $* from apt..."
-	apt-get install -y -q "$@" >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q "$@" >/dev/null; }
-}
-
 install_tools() {
-	if ! command -v smtp-sink >/dev/null && [ ! -x /usr/sbin/smtp-sink ]; then
-		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-		apt_install postfix
-	fi
+	install_postfix
 	command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || apt_install haproxy
 	if ! [ -x /usr/sbin/nginx ] || ! ls /usr/lib/nginx/modules/ngx_stream_module.so >/dev/null 2>&1; then
 		apt_install nginx-light libnginx-mod-stream || apt_install nginx libnginx-mod-stream
@@ -79,15 +72,6 @@ install_tools() {
 	systemctl stop nginx haproxy 2>/dev/null || true
 }
 
-wait_port() { # addr
-	local host=${1%:*} port=${1##*:}
-	for _ in $(seq 200); do
-		(exec 3<>"/dev/tcp/$host/$port") 2>/dev/null && return 0
-		sleep 0.05
-	done
-	log "nothing listens on $1"
-	exit 1
-}
 
 start() { # name, command...; sets LAST_PID
 	local name=$1

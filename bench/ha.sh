@@ -68,6 +68,8 @@ RUN_TIMEOUT=600   # seconds, for any one client run
 DRAIN_TIMEOUT=900 # seconds, for any wait on a queue
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 TMP=$(mktemp -d /tmp/chainmail-ha.XXXXXX)
 PIDS=() # every process started, stopped in cleanup
 A_PID="" B_PID="" SAMPLER=""
@@ -93,37 +95,10 @@ trap 'exit 130' INT TERM
 
 # --- tools ----------------------------------------------------------------
 
-if ! command -v smtp-source >/dev/null; then
-	log "installing postfix (for smtp-source)..."
-	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get install -y -q postfix >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q postfix >/dev/null; }
-fi
-if [ -n "${CHAINMAIL_BIN:-}" ]; then
-	cp "$CHAINMAIL_BIN" "$TMP/chainmail"
-else
-	(cd "$ROOT" && go build -o "$TMP/chainmail" ./cmd/chainmail)
-fi
+install_postfix
+build_chainmail "$TMP/chainmail"
 (cd "$ROOT" && go build -o "$TMP/haload" ./bench/haload)
 
-wait_port() { # addr
-	local host=${1%:*} port=${1##*:}
-	for _ in $(seq 200); do
-		(exec 3<>"/dev/tcp/$host/$port") 2>/dev/null && return 0
-		sleep 0.05
-	done
-	log "nothing listens on $1"
-	return 1
-}
-
-wait_load() {
-	[ "$WAIT_LOAD" = 0 ] && return 0
-	for _ in $(seq 60); do
-		awk -v max="$WAIT_LOAD" '{exit !($1 < max)}' /proc/loadavg && return 0
-		sleep 2
-	done
-	log "load average still $(cut -d' ' -f1 /proc/loadavg) (>= $WAIT_LOAD); measuring anyway"
-}
 
 api() { curl -sf -m 10 -H "Authorization: Bearer $TOKEN" "http://$1$2"; }
 depth() { api "$A_WEB" /api/v1/connections | sed -n 's/.*"queue_depth":\([0-9]*\).*/\1/p'; }

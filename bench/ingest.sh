@@ -37,6 +37,8 @@ TOKEN=bench-token-0123456789
 RUN_TIMEOUT=300 # seconds, for any one smtp-source run
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 TMP=$(mktemp -d /tmp/chainmail-bench.XXXXXX)
 chmod 755 "$TMP" # Postfix's daemons run as user postfix and must reach the queue
 PIDS=()
@@ -73,35 +75,7 @@ trap 'exit 130' INT TERM
 
 # --- tools ----------------------------------------------------------------
 
-install_postfix() {
-	command -v smtp-source >/dev/null && command -v smtp-sink >/dev/null && return 0
-	log "installing postfix (for smtp-source, smtp-sink and a durable-queue reference)..."
-	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-	export DEBIAN_FRONTEND=noninteractive
-	if ! apt-get install -y -q postfix >/dev/null 2>&1; then
-		apt-get update -q >/dev/null
-		apt-get install -y -q postfix >/dev/null
-	fi
-}
 
-wait_port() { # addr
-	local host=${1%:*} port=${1##*:}
-	for _ in $(seq 100); do
-		(exec 3<>"/dev/tcp/$host/$port") 2>/dev/null && return 0
-		sleep 0.1
-	done
-	log "nothing listens on $1"
-	return 1
-}
-
-wait_load() {
-	[ "$WAIT_LOAD" = 0 ] && return 0
-	for _ in $(seq 60); do
-		awk -v max="$WAIT_LOAD" '{exit !($1 < max)}' /proc/loadavg && return 0
-		sleep 2
-	done
-	log "load average still $(cut -d' ' -f1 /proc/loadavg) (>= $WAIT_LOAD); measuring anyway"
-}
 
 # --- the three servers ----------------------------------------------------
 
@@ -175,11 +149,7 @@ start_postfix() {
 }
 
 start_chainmail() {
-	if [ -n "${CHAINMAIL_BIN:-}" ]; then
-		cp "$CHAINMAIL_BIN" "$TMP/chainmail"
-	else
-		(cd "$ROOT" && go build -o "$TMP/chainmail" ./cmd/chainmail)
-	fi
+	build_chainmail "$TMP/chainmail"
 	local store=""
 	[ "${NO_SYNC:-}" = 1 ] && store="store: {no_sync: true}"
 	cat >"$TMP/node.yaml" <<-CF

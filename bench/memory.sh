@@ -21,7 +21,10 @@ CM_WEB=127.0.0.1:$((PORT_BASE + 8))
 TOKEN=bench-token-0123456789
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 TMP=$(mktemp -d /tmp/chainmail-mem.XXXXXX)
+log() { printf '%s\n' "$*" >&2; }
 PIDS=()
 
 cleanup() {
@@ -37,18 +40,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if ! command -v smtp-source >/dev/null; then
-	echo "installing postfix (for smtp-source)..." >&2
-	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get install -y -q postfix >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q postfix >/dev/null; }
-fi
-
-if [ -n "${CHAINMAIL_BIN:-}" ]; then
-	cp "$CHAINMAIL_BIN" "$TMP/chainmail"
-else
-	(cd "$ROOT" && go build -o "$TMP/chainmail" ./cmd/chainmail)
-fi
+install_postfix
+build_chainmail "$TMP/chainmail"
 cat >"$TMP/node.yaml" <<CF
 node: bench
 data_dir: $TMP/chainmail-data
