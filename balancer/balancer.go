@@ -17,7 +17,7 @@ import (
 )
 
 // Dialer opens connections to servers. *net.Dialer is one; a dialer that
-// returns anything but *net.TCPConn still works, but loses splice.
+// returns anything but *net.TCPConn still works, relayed by io.Copy.
 type Dialer interface {
 	DialContext(ctx context.Context, network, address string) (net.Conn, error)
 }

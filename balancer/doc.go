@@ -27,11 +27,12 @@
 //     session is logged.
 //   - The PROXY protocol header (v1 or v2) is written right after connect,
 //     before the greeting is awaited.
-//   - After the greeting, bytes move by io.Copy between the two raw
-//     *net.TCPConn, which Linux serves with splice(2). Nothing may wrap the
-//     connections on that path. Byte counters are therefore updated when a
-//     session ends, and the idle timeout asks the kernel (TCP_INFO) when data
-//     last arrived.
+//   - After the greeting, bytes move between the two raw *net.TCPConn by
+//     pump: commands and replies by recv and send, the bulk of a large
+//     message by splice(2) without entering user space. Nothing may wrap
+//     the connections on that path. Byte counters are therefore updated
+//     when a session ends, and the idle timeout asks the kernel (TCP_INFO)
+//     when data last arrived.
 //   - Backup servers take sessions only while no primary is eligible.
 //   - Every goroutine has an owner: accept loops, checkers and the admin
 //     server are counted in Balancer.loops, sessions in Balancer.sessions;

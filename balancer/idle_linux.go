@@ -9,9 +9,9 @@ import (
 )
 
 // quietFor is how long neither peer has sent data, from the kernel's
-// TCP_INFO (tcpi_last_data_recv). The relay never sees the bytes that
-// splice moves, so the kernel is the one to ask. known is false if either
-// socket cannot tell.
+// TCP_INFO (tcpi_last_data_recv). The relay does not time the bytes it
+// moves (and never sees those it splices), so the kernel is the one to
+// ask. known is false if either socket cannot tell.
 func quietFor(a, b net.Conn) (quiet time.Duration, known bool) {
 	qa, ok := lastRecv(a)
 	if !ok {

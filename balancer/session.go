@@ -260,11 +260,11 @@ func (b *Balancer) connect(s *server, client net.Conn, proxy string, fc *Fronten
 }
 
 // relay writes the greeting to the client, then copies both ways until
-// both directions end. Between two *net.TCPConn, io.Copy ends in
-// TCPConn.ReadFrom, which Linux serves with splice(2): the payload never
-// enters user space. Nothing may wrap the connections on this path. An end
-// of input in one direction is passed on as a half-close (FIN). The
-// server-to-client direction runs on the session's own goroutine.
+// both directions end, by pump: commands and replies by recv and send, the
+// bulk of a large message by splice(2), never entering user space. Nothing
+// may wrap the connections on this path. An end of input in one direction
+// is passed on as a half-close (FIN). The server-to-client direction runs
+// on the session's own goroutine.
 func (b *Balancer) relay(sess *session, backend net.Conn, greeting []byte, idle time.Duration) (in, out int64, result string) {
 	client := sess.client
 	defer backend.Close()
@@ -281,7 +281,7 @@ func (b *Balancer) relay(sess *session, backend net.Conn, greeting []byte, idle 
 	}
 	up := make(chan error, 1)
 	go func() {
-		n, err := io.Copy(backend, client)
+		n, err := relayCopy(backend, client)
 		in = n
 		if errors.Is(err, os.ErrDeadlineExceeded) && st.downDone.Load() {
 			err = nil // finLinger ran out: the server had closed already
@@ -296,7 +296,7 @@ func (b *Balancer) relay(sess *session, backend net.Conn, greeting []byte, idle 
 		}
 		up <- err
 	}()
-	n, downErr := io.Copy(client, backend)
+	n, downErr := relayCopy(client, backend)
 	out = int64(len(greeting)) + n
 	st.downDone.Store(true)
 	switch {
@@ -391,4 +391,16 @@ func reject(c *net.TCPConn, reason string) {
 	}
 	c.CloseWrite()
 	io.CopyN(io.Discard, c, 4096) // until the client closes, or the deadline
+}
+
+// relayCopy copies src to dst until src ends: by pump between the two TCP
+// connections of a session, by io.Copy if a Dialer returned anything else.
+func relayCopy(dst, src net.Conn) (int64, error) {
+	d, ok1 := dst.(*net.TCPConn)
+	s, ok2 := src.(*net.TCPConn)
+	if ok1 && ok2 {
+		n, _, err := pump(d, s)
+		return n, err
+	}
+	return io.Copy(dst, src)
 }
