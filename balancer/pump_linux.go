@@ -37,7 +37,8 @@ var pumpBufs = sync.Pool{New: func() any { b := make([]byte, pumpBufSize); retur
 //     thread in the middle of a session: two context switches per hand-off.
 //
 // A read that fills the buffer switches the rest of that burst to splice(2)
-// through a pipe, so the bulk of a large message never enters user space.
+// through a pipe, and the bursts after it too until one is smaller than the
+// buffer, so of a large message at most the first 16 KiB enters user space.
 //
 // The one short read that does not mean "empty" is a read that stops at a
 // TCP urgent mark, which SMTP never sends; a client that does stalls only
@@ -58,17 +59,19 @@ func pump(dst, src *net.TCPConn) (n, spliced int64, err error) {
 		p     pipe
 		opErr error
 		eof   bool
+		bulk  bool // the last burst filled the buffer: start the next with splice
 	)
 	defer p.close()
 	// One RawRead for the whole copy: RawRead forgets readiness reported
 	// before it starts, so leaving and re-entering it between chunks would
 	// have to read once more to find out.
 	rerr := srcRaw.Read(func(fd uintptr) bool {
-		for {
+		if !bulk {
 			m, errno := rawRecv(fd, buf)
+			for errno == syscall.EINTR {
+				m, errno = rawRecv(fd, buf)
+			}
 			switch {
-			case errno == syscall.EINTR:
-				continue
 			case errno == syscall.EAGAIN:
 				return false
 			case errno != 0:
@@ -86,19 +89,22 @@ func pump(dst, src *net.TCPConn) (n, spliced int64, err error) {
 			if m < len(buf) {
 				return false
 			}
-			moved, end, err := p.splice(dstRaw, fd)
-			n += moved
-			spliced += moved
-			switch {
-			case err != nil:
-				opErr = err
-				return true
-			case end:
-				eof = true
-				return true
-			}
-			return false
 		}
+		moved, end, err := p.splice(dstRaw, fd)
+		n += moved
+		spliced += moved
+		switch {
+		case err != nil:
+			opErr = err
+			return true
+		case end:
+			eof = true
+			return true
+		}
+		// A burst smaller than the buffer ends the bulk: what follows it
+		// is the next command or reply.
+		bulk = moved >= int64(len(buf))
+		return false
 	})
 	switch {
 	case opErr != nil:
