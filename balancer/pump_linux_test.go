@@ -101,9 +101,9 @@ func TestPumpCommandsStayInUserSpace(t *testing.T) {
 	}
 }
 
-// A large message behind a slow reader: the bulk goes by splice, the
-// destination fills up and the pump waits for room, and the bytes arrive
-// exact, with the commands around the message.
+// A large message behind a slow reader: the bulk goes to io.Copy (splice),
+// the destination fills up, and the bytes arrive exact, with the commands
+// around the message.
 func TestPumpBulkIsSplicedAndExact(t *testing.T) {
 	w, r, _, res := startPump(t)
 	blob := make([]byte, 8<<20)
