@@ -58,8 +58,8 @@ func pump(dst, src *net.TCPConn) (n, spliced int64, err error) {
 	bp := pumpBufs.Get().(*[]byte)
 	buf := *bp
 	var (
-		opErr     error
-		eof, bulk bool
+		opErr error
+		bulk  bool
 	)
 	// One RawRead for the whole copy: RawRead forgets readiness reported
 	// before it starts, so leaving and re-entering it between chunks would
@@ -76,8 +76,7 @@ func pump(dst, src *net.TCPConn) (n, spliced int64, err error) {
 			opErr = errno
 			return true
 		case m == 0:
-			eof = true
-			return true
+			return true // end of input
 		}
 		if err := sendAll(dstRaw, buf[:m]); err != nil {
 			opErr = err
@@ -88,6 +87,8 @@ func pump(dst, src *net.TCPConn) (n, spliced int64, err error) {
 		return bulk
 	})
 	pumpBufs.Put(bp)
+	// RawRead returns nil only once the callback said so: an error, the
+	// end of input or a bulk transfer.
 	switch {
 	case opErr != nil:
 		return n, 0, opErr
@@ -96,8 +97,6 @@ func pump(dst, src *net.TCPConn) (n, spliced int64, err error) {
 	case bulk:
 		spliced, err = io.Copy(dst, src)
 		return n + spliced, spliced, err
-	case !eof:
-		return n, 0, io.ErrUnexpectedEOF
 	}
 	return n, 0, nil
 }

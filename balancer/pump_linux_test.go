@@ -65,9 +65,11 @@ func waitPump(t *testing.T, res <-chan pumpResult) pumpResult {
 	}
 }
 
-func readAllAsync(r io.Reader) <-chan []byte {
+// readAllAsync reads r to its end, starting after delay.
+func readAllAsync(r io.Reader, delay time.Duration) <-chan []byte {
 	ch := make(chan []byte, 1)
 	go func() {
+		time.Sleep(delay)
 		b, _ := io.ReadAll(r)
 		ch <- b
 	}()
@@ -79,7 +81,7 @@ func readAllAsync(r io.Reader) <-chan []byte {
 // copy without error.
 func TestPumpCommandsStayInUserSpace(t *testing.T) {
 	w, r, _, res := startPump(t)
-	got := readAllAsync(r)
+	got := readAllAsync(r, 0)
 	var want bytes.Buffer
 	for _, line := range []string{"EHLO client.example\r\n", "MAIL FROM:<a@example.org>\r\n", "RCPT TO:<b@example.org>\r\n", "DATA\r\n", "Subject: x\r\n\r\nbody\r\n.\r\n", "QUIT\r\n"} {
 		want.WriteString(line)
@@ -110,20 +112,7 @@ func TestPumpBulkIsSplicedAndExact(t *testing.T) {
 	rand.Read(blob)
 	want := append(append([]byte("DATA\r\n"), blob...), "\r\n.\r\nQUIT\r\n"...)
 
-	got := make(chan []byte, 1)
-	go func() {
-		time.Sleep(200 * time.Millisecond) // let every buffer on the way fill
-		var b bytes.Buffer
-		buf := make([]byte, 4096)
-		for {
-			n, err := r.Read(buf)
-			b.Write(buf[:n])
-			if err != nil {
-				break
-			}
-		}
-		got <- b.Bytes()
-	}()
+	got := readAllAsync(r, 200*time.Millisecond)         // let every buffer on the way fill first
 	w.SetWriteDeadline(time.Now().Add(15 * time.Second)) // a stalled pump fails the test, not the run
 	for off := 0; off < len(want); off += 1 << 20 {
 		if _, err := w.Write(want[off:min(off+1<<20, len(want))]); err != nil {
