@@ -64,6 +64,10 @@ type Balancer struct {
 
 	readers sync.Pool // *bufio.Reader for greetings, replyBufSize each
 
+	// eng serves the sessions on Linux (engine_linux.go); nil elsewhere,
+	// where each frontend has an accept loop and each session a goroutine.
+	eng *engine
+
 	loops    sync.WaitGroup // accept loops, checkers, admin server
 	sessions sync.WaitGroup
 }
@@ -133,7 +137,7 @@ func New(cfg *Config, opts Options) (*Balancer, error) {
 
 func (b *Balancer) closeListeners() {
 	for _, fe := range b.frontends {
-		fe.ln.Close()
+		fe.closeListener()
 	}
 	if b.adminLn != nil {
 		b.adminLn.Close()
@@ -146,7 +150,7 @@ func (b *Balancer) FrontendAddr(name string) net.Addr {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	if fe, ok := b.frontends[name]; ok {
-		return fe.ln.Addr()
+		return fe.laddr
 	}
 	return nil
 }
@@ -168,6 +172,15 @@ func (b *Balancer) Run(ctx context.Context) error {
 	if b.running || b.stopping {
 		b.mu.Unlock()
 		return errors.New("balancer: Run called twice")
+	}
+	if useEngine {
+		eng, err := newEngine(b)
+		if err != nil {
+			b.mu.Unlock()
+			return err
+		}
+		b.eng = eng
+		go eng.run()
 	}
 	b.running = true
 	runCtx, cancelRun := context.WithCancel(context.Background())
@@ -197,7 +210,7 @@ func (b *Balancer) Run(ctx context.Context) error {
 	b.stopping = true
 	shutdown = b.cfg.Balancer.ShutdownTimeout
 	for _, fe := range b.frontends {
-		fe.ln.Close()
+		b.stopFrontendLocked(fe)
 	}
 	cancelRun()
 	if b.adminSrv != nil {
@@ -205,6 +218,9 @@ func (b *Balancer) Run(ctx context.Context) error {
 	}
 	b.mu.Unlock()
 	b.loops.Wait()
+	if b.eng != nil {
+		b.eng.sync() // no accept after this
+	}
 
 	done := make(chan struct{})
 	go func() {
@@ -222,9 +238,15 @@ func (b *Balancer) Run(ctx context.Context) error {
 			s.kill()
 		}
 		b.liveMu.Unlock()
+		if b.eng != nil {
+			n += b.eng.killAll()
+		}
 		b.hardCancel()
 		b.log.WithField("sessions", n).Warn("shutdown timeout: closing sessions")
 		<-done
+	}
+	if b.eng != nil {
+		b.eng.stop()
 	}
 	b.hardCancel()
 	b.log.Info("balancer stopped")
@@ -260,7 +282,7 @@ func (b *Balancer) Reload(cfg *Config) error {
 		fe, err := listenFrontend(fc)
 		if err != nil {
 			for _, o := range opened {
-				o.ln.Close()
+				o.closeListener()
 			}
 			return fmt.Errorf("balancer: reload: %w", err)
 		}
@@ -269,7 +291,7 @@ func (b *Balancer) Reload(cfg *Config) error {
 	}
 	for name, fe := range b.frontends {
 		if frontends[name] != fe {
-			fe.ln.Close() // its accept loop ends; its sessions go on
+			b.stopFrontendLocked(fe) // its sessions go on
 		}
 	}
 	b.frontends = frontends
@@ -349,11 +371,25 @@ func (b *Balancer) startCheckerLocked(s *server, c *checker) {
 }
 
 func (b *Balancer) startFrontendLocked(fe *frontend) {
+	fe.started = true
+	if b.eng != nil {
+		b.eng.addListener(fe)
+		return
+	}
 	b.loops.Add(1)
 	go func() {
 		defer b.loops.Done()
 		b.acceptLoop(b.runCtx, fe)
 	}()
+}
+
+// stopFrontendLocked stops accepting on fe and closes its socket.
+func (b *Balancer) stopFrontendLocked(fe *frontend) {
+	if fe.started && b.eng != nil {
+		b.eng.removeListener(fe)
+		return
+	}
+	fe.closeListener() // an accept loop, if any, ends
 }
 
 func (b *Balancer) pool(name string) *pool {
@@ -364,10 +400,16 @@ func (b *Balancer) pool(name string) *pool {
 
 // frontend is one listening address.
 type frontend struct {
-	name string
-	addr string // as configured
-	ln   *net.TCPListener
-	cfg  atomic.Pointer[FrontendConfig]
+	name  string
+	addr  string // as configured
+	laddr net.Addr
+	// The listening socket: ln for an accept loop; lfd, outside Go's
+	// poller, for an engine, which owns it once started.
+	ln      *net.TCPListener
+	lfd     int
+	started bool          // b.mu
+	backoff time.Duration // the engine's, after accept errors
+	cfg     atomic.Pointer[FrontendConfig]
 
 	active   atomic.Int64
 	sessions atomic.Int64 // accepted
@@ -386,7 +428,27 @@ func listenFrontend(fc FrontendConfig) (*frontend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("balancer: listen frontend %s: %w", fc.Name, err)
 	}
-	fe := &frontend{name: fc.Name, addr: fc.Address, ln: ln.(*net.TCPListener)}
+	fe := &frontend{name: fc.Name, addr: fc.Address, laddr: ln.Addr(), ln: ln.(*net.TCPListener), lfd: -1}
+	if useEngine {
+		// The engine's epoll set takes the socket. Go's poller must not
+		// keep it too, or every connection would also wake the runtime.
+		fd, err := dupListener(fe.ln)
+		fe.ln.Close()
+		if err != nil {
+			return nil, fmt.Errorf("balancer: listen frontend %s: %w", fc.Name, err)
+		}
+		fe.ln, fe.lfd = nil, fd
+	}
 	fe.cfg.Store(&fc)
 	return fe, nil
+}
+
+// closeListener closes a listening socket no engine has.
+func (fe *frontend) closeListener() {
+	if fe.ln != nil {
+		fe.ln.Close()
+	} else if fe.lfd >= 0 {
+		closeFD(fe.lfd)
+		fe.lfd = -1
+	}
 }

@@ -145,6 +145,18 @@ func (p *pool) acquire(ctx context.Context, key []byte, tried []*server, queueTi
 }
 
 // release gives back the slot a session held on s.
+// tryAcquire is acquire without the wait: full reports that a slot would
+// have to be waited for.
+func (p *pool) tryAcquire(key []byte, tried []*server) (s *server, full bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s, full = p.pickLocked(p.clock.Now(), key, tried)
+	if s != nil {
+		s.active++
+	}
+	return s, full
+}
+
 func (p *pool) release(s *server) {
 	p.mu.Lock()
 	s.active--

@@ -1,6 +1,7 @@
 package balancer
 
 import (
+	"net/netip"
 	"sync/atomic"
 	"time"
 )
@@ -36,6 +37,9 @@ var failKinds = []string{failConnect, failTimeout, failRejected, failClosed}
 type server struct {
 	name string
 	addr string
+	// ap is addr when it is an IP literal, which an event loop can connect
+	// to without a name lookup; zero otherwise.
+	ap netip.AddrPort
 
 	// pool.mu
 	cfg     ServerConfig
@@ -55,9 +59,11 @@ type server struct {
 }
 
 func newServer(cfg ServerConfig, checked bool) *server {
+	ap, _ := netip.ParseAddrPort(cfg.Address)
 	return &server{
 		name:   cfg.Name,
 		addr:   cfg.Address,
+		ap:     ap,
 		cfg:    cfg,
 		state:  StateReady,
 		weight: cfg.Weight,

@@ -101,28 +101,42 @@ func (b *Balancer) acceptLoop(ctx context.Context, fe *frontend) {
 	}
 }
 
-// serve runs one client session: it finds a server that greets with 220
-// (trying the next eligible one after a refused connect, a timeout or a
-// 4xx/5xx greeting), relays that greeting and then splices both ways. When
-// no server is left the client is answered 421 4.3.2. It logs one line.
+// serve runs one client session accepted by an accept loop: it counts
+// the session against the frontend's max_sessions, then runs serveTries.
 func (b *Balancer) serve(fe *frontend, sess *session) {
 	start := time.Now()
-	client := sess.client
-	defer client.Close()
 	fc := fe.cfg.Load()
-	log := func(f logrus.Fields) *logrus.Entry { // built only when a line is written
-		f["frontend"], f["pool"], f["client"] = fe.name, fc.Pool, client.RemoteAddr().String()
-		return b.log.WithFields(f)
-	}
 	n := fe.active.Add(1)
 	defer fe.active.Add(-1)
 	fe.sessions.Add(1)
-
 	if fc.MaxSessions > 0 && n > int64(fc.MaxSessions) {
-		fe.rejected.Add(1)
-		reject(client, "too many sessions, try again later")
-		log(logrus.Fields{"result": resultMaxSessions, "duration": time.Since(start).Seconds()}).Warn("session")
+		b.rejectMaxSessions(fe, fc, sess.client, start)
 		return
+	}
+	b.serveTries(fe, fc, sess, start, nil, nil, errNoServer)
+}
+
+func (b *Balancer) rejectMaxSessions(fe *frontend, fc *FrontendConfig, client *net.TCPConn, start time.Time) {
+	fe.rejected.Add(1)
+	reject(client, "too many sessions, try again later")
+	b.log.WithFields(logrus.Fields{
+		"frontend": fe.name, "pool": fc.Pool, "client": client.RemoteAddr().String(),
+		"result": resultMaxSessions, "duration": time.Since(start).Seconds(),
+	}).Warn("session")
+}
+
+// serveTries finds a server that greets with 220 (trying the next
+// eligible one after a refused connect, a timeout or a 4xx/5xx greeting),
+// relays that greeting and then copies both ways. When no server is left
+// the client is answered 421 4.3.2. It logs one line. tried are the
+// servers an event loop tried already, first one it has acquired and
+// leaves to this path, lastErr why the last try failed.
+func (b *Balancer) serveTries(fe *frontend, fc *FrontendConfig, sess *session, start time.Time, tried []*server, first *server, lastErr error) {
+	client := sess.client
+	defer client.Close()
+	log := func(f logrus.Fields) *logrus.Entry { // built only when a line is written
+		f["frontend"], f["pool"], f["client"] = fe.name, fc.Pool, client.RemoteAddr().String()
+		return b.log.WithFields(f)
 	}
 	p := b.pool(fc.Pool)
 	if p == nil { // the pool went away in a reload between the two loads
@@ -136,36 +150,28 @@ func (b *Balancer) serve(fe *frontend, sess *session) {
 	}
 	tries, proxy := p.sessionParams()
 	key := clientKey(client.RemoteAddr())
-	var tried []*server
-	var lastErr error = errNoServer
 	for len(tried) < tries && !sess.wasKilled() {
-		s, err := p.acquire(b.hardCtx, key, tried, fc.QueueTimeout)
-		if err != nil {
-			lastErr = err
-			break
+		s := first
+		first = nil
+		if s == nil {
+			var err error
+			if s, err = p.acquire(b.hardCtx, key, tried, fc.QueueTimeout); err != nil {
+				lastErr = err
+				break
+			}
 		}
 		tried = append(tried, s)
 		backend, greeting, kind, err := b.connect(s, client, proxy, fc)
 		if err != nil {
-			out := p.tryFailed(s, kind, err)
-			p.release(s)
+			b.tryFailed(fe, fc, p, s, client.RemoteAddr().String(), len(tried), kind, err)
 			lastErr = err
-			tl := log(logrus.Fields{"server": s.name, "try": len(tried), "error": err.Error(), "failure": kind})
-			tl.Warn("server try failed")
-			if out {
-				tl.Warn("server marked unavailable")
-			}
 			continue
 		}
 		if p.tryOK(s) {
 			log(logrus.Fields{"server": s.name}).Info("server available again")
 		}
 		in, out, result := b.relay(sess, backend, greeting, fc.IdleTimeout)
-		p.release(s)
-		s.bytesIn.Add(in)
-		s.bytesOut.Add(out)
-		fe.bytesIn.Add(in)
-		fe.bytesOut.Add(out)
+		b.sessionDone(p, s, fe, in, out)
 		if b.log.Logger.IsLevelEnabled(logrus.InfoLevel) {
 			log(logrus.Fields{
 				"server": s.name, "tries": len(tried), "bytes_in": in, "bytes_out": out,
@@ -174,11 +180,37 @@ func (b *Balancer) serve(fe *frontend, sess *session) {
 		}
 		return
 	}
+	if first != nil {
+		p.release(first) // killed before it was tried
+	}
 	fe.noServer.Add(1)
 	reject(client, "no server available, try again later")
 	log(logrus.Fields{
 		"tries": len(tried), "duration": time.Since(start).Seconds(), "result": resultNoServer, "error": lastErr.Error(),
 	}).Warn("session")
+}
+
+// tryFailed records a failed try of s and logs it.
+func (b *Balancer) tryFailed(fe *frontend, fc *FrontendConfig, p *pool, s *server, client string, try int, kind string, err error) {
+	out := p.tryFailed(s, kind, err)
+	p.release(s)
+	tl := b.log.WithFields(logrus.Fields{
+		"frontend": fe.name, "pool": fc.Pool, "client": client,
+		"server": s.name, "try": try, "error": err.Error(), "failure": kind,
+	})
+	tl.Warn("server try failed")
+	if out {
+		tl.Warn("server marked unavailable")
+	}
+}
+
+// sessionDone frees the session's slot on s and counts its bytes.
+func (b *Balancer) sessionDone(p *pool, s *server, fe *frontend, in, out int64) {
+	p.release(s)
+	s.bytesIn.Add(in)
+	s.bytesOut.Add(out)
+	fe.bytesIn.Add(in)
+	fe.bytesOut.Add(out)
 }
 
 // sessionParams reads what a session needs of the pool's configuration.

@@ -93,7 +93,7 @@ func (b *Balancer) Frontends() []FrontendStatus {
 	for _, fc := range b.cfg.Balancer.Frontends {
 		fe := b.frontends[fc.Name]
 		out = append(out, FrontendStatus{
-			Name: fe.name, Address: fe.ln.Addr().String(), Pool: fc.Pool, MaxSessions: fc.MaxSessions,
+			Name: fe.name, Address: fe.laddr.String(), Pool: fc.Pool, MaxSessions: fc.MaxSessions,
 			ActiveSessions: fe.active.Load(), TotalSessions: fe.sessions.Load(), Rejected: fe.rejected.Load(),
 			NoServer: fe.noServer.Load(), BytesIn: fe.bytesIn.Load(), BytesOut: fe.bytesOut.Load(),
 		})
