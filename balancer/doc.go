@@ -27,16 +27,24 @@
 //     session is logged.
 //   - The PROXY protocol header (v1 or v2) is written right after connect,
 //     before the greeting is awaited.
-//   - After the greeting, bytes move between the two raw *net.TCPConn by
-//     pump: commands and replies by recv and send, the bulk of a large
-//     message by splice(2) without entering user space. Nothing may wrap
-//     the connections on that path. Byte counters are therefore updated
+//   - On Linux an engine (engine_linux.go) serves the sessions: one event
+//     loop on a locked OS thread that accepts, connects, reads greetings and
+//     relays, on sockets Go's poller never sees. Commands and replies move
+//     by recv and send; once a read fills the buffer, the rest of that
+//     direction goes by splice(2) through a pipe, without entering user
+//     space. A session that must wait for a slot (max_conns), connect to a
+//     host name, or be refused is handed to the goroutine path, as every
+//     session is outside Linux: a goroutine per session, relaying by pump.
+//     Nothing may wrap the connections there: byte counters are updated
 //     when a session ends, and the idle timeout asks the kernel (TCP_INFO)
 //     when data last arrived.
 //   - Backup servers take sessions only while no primary is eligible.
 //   - Every goroutine has an owner: accept loops, checkers and the admin
-//     server are counted in Balancer.loops, sessions in Balancer.sessions;
-//     Run returns only after all of them have ended.
+//     server are counted in Balancer.loops, sessions (on the engine or not)
+//     in Balancer.sessions; Run returns only after all of them have ended,
+//     and the engine after them.
+//   - The engine's state belongs to its loop; other goroutines reach it only
+//     through engine.do. It never holds a lock while it waits.
 //   - Lock order: Balancer.mu before pool.mu, never the reverse. pool.mu
 //     guards the pool's servers and their runtime fields; counters are
 //     atomics.

@@ -402,9 +402,9 @@ func (e *engine) nextTry(s *esess) {
 			break
 		}
 		s.tried = append(s.tried, srv)
-		if !srv.ap.IsValid() {
+		if !srv.ap.IsValid() || srv.ap.Addr().Zone() != "" {
 			s.tried = s.tried[:len(s.tried)-1]
-			e.handOff(s, srv) // a host name: Go's resolver, there
+			e.handOff(s, srv) // a host name (or a zone): Go's resolver and dialer, there
 			return
 		}
 		s.srv = srv
