@@ -34,7 +34,8 @@
 //     direction goes by splice(2) through a pipe, without entering user
 //     space. A session that must wait for a slot (max_conns), connect to a
 //     host name, or be refused is handed to the goroutine path, as every
-//     session is outside Linux: a goroutine per session, relaying by pump.
+//     session is outside Linux: a goroutine per session, relaying by io.Copy
+//     (splice(2) on Linux).
 //     Nothing may wrap the connections there: byte counters are updated
 //     when a session ends, and the idle timeout asks the kernel (TCP_INFO)
 //     when data last arrived.

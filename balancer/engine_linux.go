@@ -13,6 +13,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -58,6 +59,7 @@ type engine struct {
 	pipes     [][2]int
 	stopping  bool
 	done      chan struct{}
+	spliced   int64 // bytes relayed by splice(2), for the tests
 }
 
 // Buffer and pipe sizes. A command, a reply or a small message fits one
@@ -120,14 +122,18 @@ type econn struct {
 	peer     *econn
 	readable bool // an edge came and no read has found it empty since
 	writable bool
-	eof      bool // its input has ended
-	shut     bool // its output has been shut down
-	buf      []byte
-	pend     []byte // read from this socket, not yet sent to the peer
-	pipe     [2]int // bulk: read end, write end
-	inPipe   int
-	bulk     bool
-	bytes    *int64
+	// hup: the peer has ended its side (EPOLLRDHUP) or the socket failed.
+	// Its edge may have come before the data is read, so from then on
+	// only a read that returns nothing shows the socket empty.
+	hup    bool
+	eof    bool // its input has ended
+	shut   bool // its output has been shut down
+	buf    []byte
+	pend   []byte // read from this socket, not yet sent to the peer
+	pipe   [2]int // bulk: read end, write end
+	inPipe int
+	bulk   bool
+	bytes  *int64
 }
 
 // newEngine creates the epoll set and the wake-up eventfd; run serves it.
@@ -537,7 +543,7 @@ func (e *engine) readGreeting(s *esess) (string, error) {
 		case m == 0:
 			return failClosed, errors.New("read greeting: EOF")
 		}
-		if m < len(room) {
+		if m < len(room) && !c.hup {
 			c.readable = false
 		}
 		s.greet = s.greet[:len(s.greet)+m]
@@ -617,6 +623,9 @@ func (e *engine) bind(s *esess) {
 func (e *engine) event(c *econn, events uint32) {
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		c.readable = true
+	}
+	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		c.hup = true
 	}
 	if events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		c.writable = true
@@ -719,9 +728,10 @@ func (e *engine) recv(src *econn) (int, error) {
 			return 0, nil
 		}
 		// A short read emptied the socket: the next byte to arrive is a new
-		// edge. A full one may have left more: the rest goes by splice.
+		// edge (unless the peer's end came first: see hup). A full one may
+		// have left more: the rest goes by splice.
 		if m < len(src.buf) {
-			src.readable = false
+			src.readable = src.hup
 		} else {
 			src.bulk = true
 		}
@@ -786,6 +796,7 @@ func (e *engine) flush(src *econn) error {
 			return err
 		}
 		src.inPipe -= int(m)
+		e.spliced += m
 	}
 	return nil
 }
@@ -1031,3 +1042,13 @@ func dupListener(ln *net.TCPListener) (int, error) {
 }
 
 func closeFD(fd int) { unix.Close(fd) }
+
+func rawRecv(fd uintptr, b []byte) (int, syscall.Errno) {
+	r, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), unix.MSG_DONTWAIT, 0, 0)
+	return int(r), e
+}
+
+func rawSend(fd uintptr, b []byte) (int, syscall.Errno) {
+	r, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, 0, 0)
+	return int(r), e
+}

@@ -292,11 +292,11 @@ func (b *Balancer) connect(s *server, client net.Conn, proxy string, fc *Fronten
 }
 
 // relay writes the greeting to the client, then copies both ways until
-// both directions end, by pump: commands and replies by recv and send, the
-// bulk of a large message by splice(2), never entering user space. Nothing
-// may wrap the connections on this path. An end of input in one direction
-// is passed on as a half-close (FIN). The server-to-client direction runs
-// on the session's own goroutine.
+// both directions end, by io.Copy: between two *net.TCPConn that is
+// splice(2) on Linux, so nothing may wrap the connections on this path
+// (a Dialer that returns something else is copied through user space). An
+// end of input in one direction is passed on as a half-close (FIN). The
+// server-to-client direction runs on the session's own goroutine.
 func (b *Balancer) relay(sess *session, backend net.Conn, greeting []byte, idle time.Duration) (in, out int64, result string) {
 	client := sess.client
 	defer backend.Close()
@@ -313,7 +313,7 @@ func (b *Balancer) relay(sess *session, backend net.Conn, greeting []byte, idle 
 	}
 	up := make(chan error, 1)
 	go func() {
-		n, err := relayCopy(backend, client)
+		n, err := io.Copy(backend, client)
 		in = n
 		if errors.Is(err, os.ErrDeadlineExceeded) && st.downDone.Load() {
 			err = nil // finLinger ran out: the server had closed already
@@ -328,7 +328,7 @@ func (b *Balancer) relay(sess *session, backend net.Conn, greeting []byte, idle 
 		}
 		up <- err
 	}()
-	n, downErr := relayCopy(client, backend)
+	n, downErr := io.Copy(client, backend)
 	out = int64(len(greeting)) + n
 	st.downDone.Store(true)
 	switch {
@@ -423,16 +423,4 @@ func reject(c *net.TCPConn, reason string) {
 	}
 	c.CloseWrite()
 	io.CopyN(io.Discard, c, 4096) // until the client closes, or the deadline
-}
-
-// relayCopy copies src to dst until src ends: by pump between the two TCP
-// connections of a session, by io.Copy if a Dialer returned anything else.
-func relayCopy(dst, src net.Conn) (int64, error) {
-	d, ok1 := dst.(*net.TCPConn)
-	s, ok2 := src.(*net.TCPConn)
-	if ok1 && ok2 {
-		n, _, err := pump(d, s)
-		return n, err
-	}
-	return io.Copy(dst, src)
 }

@@ -1,0 +1,128 @@
+package balancer
+
+import (
+	"bufio"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// splicedBytes reads the engine's splice counter on its loop.
+func (b *Balancer) splicedBytes(t *testing.T) int64 {
+	t.Helper()
+	var eng *engine
+	waitFor(t, "the engine", func() bool { // Run starts it
+		b.mu.RLock()
+		defer b.mu.RUnlock()
+		eng = b.eng
+		return eng != nil
+	})
+	got := make(chan int64, 1)
+	if !eng.do(func() { got <- eng.spliced }) {
+		t.Fatal("engine stopped")
+	}
+	return <-got
+}
+
+// Established sessions live on the event loop: holding many of them must
+// not start a goroutine per session, as the goroutine path does (two each).
+func TestEngineHoldsSessionsWithoutGoroutines(t *testing.T) {
+	sk := startSink(t, "127.0.0.1") // another process: its sessions cost this one nothing
+	bal := startBalancer(t, poolYAML("", []string{fmt.Sprintf("{name: s, address: %q}", sk.addr)}, ""), Options{})
+	addr := bal.frontend(t, "smtp")
+	hold(t, addr, "") // one session first, so lazily started runtime goroutines exist
+	before := runtime.NumGoroutine()
+	const n = 40
+	for range n {
+		hold(t, addr, "")
+	}
+	after := runtime.NumGoroutine()
+	if after-before >= n/2 {
+		t.Fatalf("%d established sessions added %d goroutines (%d → %d)", n, after-before, before, after)
+	}
+	if got := bal.Frontends()[0].ActiveSessions; got != n+1 {
+		t.Fatalf("frontend counts %d active sessions, want %d", got, n+1)
+	}
+}
+
+// hashServer greets, reads until the client's end of input, answers the
+// SHA-256 of what it read and closes.
+func hashServer(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(30 * time.Second))
+				io.WriteString(c, "220 hash.test ready\r\n")
+				h := sha256.New()
+				io.Copy(h, c)
+				fmt.Fprintf(c, "250 %x\r\n", h.Sum(nil))
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// A large message goes by splice(2), byte-exact; short commands do not.
+func TestEngineSplicesBulk(t *testing.T) {
+	bal := startBalancer(t, poolYAML("", []string{fmt.Sprintf("{name: h, address: %q}", hashServer(t))}, ""), Options{})
+	addr := bal.frontend(t, "smtp")
+
+	send := func(payload []byte) string {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		br := bufio.NewReader(c)
+		if g, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(g, "220 hash.test") {
+			t.Fatalf("greeting %q, %v", g, err)
+		}
+		if _, err := c.Write(payload); err != nil {
+			t.Fatal(err)
+		}
+		c.(*net.TCPConn).CloseWrite()
+		reply, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("reply: %v", err)
+		}
+		sum := sha256.Sum256(payload)
+		if want := "250 " + hex.EncodeToString(sum[:]) + "\r\n"; reply != want {
+			t.Fatalf("server got other bytes: %q, want %q", reply, want)
+		}
+		return reply
+	}
+
+	base := bal.splicedBytes(t)
+	send([]byte("EHLO small.test\r\nMAIL FROM:<a@b.test>\r\n"))
+	if d := bal.splicedBytes(t) - base; d != 0 {
+		t.Fatalf("a short command was spliced (%d bytes)", d)
+	}
+
+	big := make([]byte, 8<<20)
+	rand.Read(big)
+	base = bal.splicedBytes(t)
+	send(big)
+	if d := bal.splicedBytes(t) - base; d < int64(len(big))*9/10 {
+		t.Fatalf("only %d of %d bytes were spliced", d, len(big))
+	}
+}
