@@ -678,8 +678,12 @@ func (e *engine) flow(src *econn) error {
 		if src.eof {
 			if !dst.shut {
 				dst.shut = true
-				if err := unix.Shutdown(dst.fd, unix.SHUT_WR); err != nil && !errors.Is(err, unix.ENOTCONN) {
-					return err
+				// When dst has ended too, the session is about to close,
+				// and the close sends the FIN.
+				if !dst.eof {
+					if err := unix.Shutdown(dst.fd, unix.SHUT_WR); err != nil && !errors.Is(err, unix.ENOTCONN) {
+						return err
+					}
 				}
 			}
 			return nil
