@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,9 @@ type Options struct {
 	Dialer Dialer
 	// Seed seeds random-two's choices; 0 picks a random seed.
 	Seed uint64
+	// Loops is how many event loops serve the sessions on Linux; 0 means
+	// one per GOMAXPROCS.
+	Loops int
 }
 
 // Balancer is a running balancer tier: frontends, pools, health checks and
@@ -64,9 +68,11 @@ type Balancer struct {
 
 	readers sync.Pool // *bufio.Reader for greetings, replyBufSize each
 
-	// eng serves the sessions on Linux (engine_linux.go); nil elsewhere,
-	// where each frontend has an accept loop and each session a goroutine.
-	eng *engine
+	// engines serve the sessions on Linux (engine_linux.go), every one
+	// accepting on every frontend; none elsewhere, where each frontend has
+	// an accept loop and each session a goroutine.
+	nloops  int
+	engines []*engine
 
 	loops    sync.WaitGroup // accept loops, checkers, admin server
 	sessions sync.WaitGroup
@@ -82,6 +88,7 @@ func New(cfg *Config, opts Options) (*Balancer, error) {
 		clock:     opts.Clock,
 		dialer:    opts.Dialer,
 		seed:      opts.Seed,
+		nloops:    opts.Loops,
 		started:   time.Now(),
 		pools:     map[string]*pool{},
 		frontends: map[string]*frontend{},
@@ -174,13 +181,22 @@ func (b *Balancer) Run(ctx context.Context) error {
 		return errors.New("balancer: Run called twice")
 	}
 	if useEngine {
-		eng, err := newEngine(b)
-		if err != nil {
-			b.mu.Unlock()
-			return err
+		n := b.nloops
+		if n <= 0 {
+			n = runtime.GOMAXPROCS(0)
 		}
-		b.eng = eng
-		go eng.run()
+		for range n {
+			eng, err := newEngine(b)
+			if err != nil {
+				for _, e := range b.engines {
+					e.stop()
+				}
+				b.mu.Unlock()
+				return err
+			}
+			b.engines = append(b.engines, eng)
+			go eng.run()
+		}
 	}
 	b.running = true
 	runCtx, cancelRun := context.WithCancel(context.Background())
@@ -218,8 +234,8 @@ func (b *Balancer) Run(ctx context.Context) error {
 	}
 	b.mu.Unlock()
 	b.loops.Wait()
-	if b.eng != nil {
-		b.eng.sync() // no accept after this
+	for _, e := range b.engines {
+		e.sync() // no accept after this
 	}
 
 	done := make(chan struct{})
@@ -238,15 +254,15 @@ func (b *Balancer) Run(ctx context.Context) error {
 			s.kill()
 		}
 		b.liveMu.Unlock()
-		if b.eng != nil {
-			n += b.eng.killAll()
+		for _, e := range b.engines {
+			n += e.killAll()
 		}
 		b.hardCancel()
 		b.log.WithField("sessions", n).Warn("shutdown timeout: closing sessions")
 		<-done
 	}
-	if b.eng != nil {
-		b.eng.stop()
+	for _, e := range b.engines {
+		e.stop()
 	}
 	b.hardCancel()
 	b.log.Info("balancer stopped")
@@ -372,8 +388,11 @@ func (b *Balancer) startCheckerLocked(s *server, c *checker) {
 
 func (b *Balancer) startFrontendLocked(fe *frontend) {
 	fe.started = true
-	if b.eng != nil {
-		b.eng.addListener(fe)
+	if len(b.engines) > 0 {
+		fe.lfdRefs.Store(int32(len(b.engines)))
+		for _, e := range b.engines {
+			e.addListener(fe)
+		}
 		return
 	}
 	b.loops.Add(1)
@@ -385,8 +404,10 @@ func (b *Balancer) startFrontendLocked(fe *frontend) {
 
 // stopFrontendLocked stops accepting on fe and closes its socket.
 func (b *Balancer) stopFrontendLocked(fe *frontend) {
-	if fe.started && b.eng != nil {
-		b.eng.removeListener(fe)
+	if fe.started && len(b.engines) > 0 {
+		for _, e := range b.engines {
+			e.removeListener(fe)
+		}
 		return
 	}
 	fe.closeListener() // an accept loop, if any, ends
@@ -407,8 +428,8 @@ type frontend struct {
 	// poller, for an engine, which owns it once started.
 	ln      *net.TCPListener
 	lfd     int
-	started bool          // b.mu
-	backoff time.Duration // the engine's, after accept errors
+	started bool         // b.mu
+	lfdRefs atomic.Int32 // engines still watching lfd: the last one closes it
 	cfg     atomic.Pointer[FrontendConfig]
 
 	active   atomic.Int64

@@ -51,6 +51,7 @@ type engine struct {
 	conns     map[int32]*econn // by fd: every socket in the epoll set but listeners
 	listeners map[int32]*frontend
 	paused    map[int32]*frontend // listeners out of the set after an accept error
+	backoff   map[*frontend]time.Duration
 	sessions  map[*esess]struct{}
 	timers    timerHeap
 	now       time.Time
@@ -159,6 +160,7 @@ func newEngine(b *Balancer) (*engine, error) {
 		conns:     map[int32]*econn{},
 		listeners: map[int32]*frontend{},
 		paused:    map[int32]*frontend{},
+		backoff:   map[*frontend]time.Duration{},
 		sessions:  map[*esess]struct{}{},
 		done:      make(chan struct{}),
 	}, nil
@@ -200,18 +202,30 @@ func (e *engine) addListener(fe *frontend) {
 	})
 }
 
-// removeListener stops accepting fe's sessions and closes its socket.
-// Sessions under way go on.
+// removeListener stops accepting fe's sessions; the last engine to do so
+// closes its socket. Sessions under way go on.
 func (e *engine) removeListener(fe *frontend) {
-	e.do(func() {
-		fd := int32(fe.lfd)
-		if e.listeners[fd] == fe {
-			unix.EpollCtl(e.ep, unix.EPOLL_CTL_DEL, int(fd), nil)
-			delete(e.listeners, fd)
-		}
-		delete(e.paused, fd)
-		e.closing = append(e.closing, int(fd))
-	})
+	if !e.do(func() { e.dropListener(fe) }) {
+		releaseListener(fe)
+	}
+}
+
+func (e *engine) dropListener(fe *frontend) {
+	fd := int32(fe.lfd)
+	if e.listeners[fd] == fe {
+		unix.EpollCtl(e.ep, unix.EPOLL_CTL_DEL, int(fd), nil)
+		delete(e.listeners, fd)
+	}
+	delete(e.paused, fd)
+	delete(e.backoff, fe)
+	releaseListener(fe)
+}
+
+// releaseListener closes fe's socket once no engine watches it.
+func releaseListener(fe *frontend) {
+	if fe.lfdRefs.Add(-1) == 0 {
+		closeFD(fe.lfd)
+	}
 }
 
 // killAll ends every session on the loop at once (a forced stop) and
@@ -292,12 +306,17 @@ func (e *engine) runCommands() {
 func (e *engine) cleanup() {
 	e.cmdMu.Lock()
 	e.closed = true
+	cmds := e.cmds
+	e.cmds = nil
 	e.cmdMu.Unlock()
-	for fd := range e.listeners {
-		unix.Close(int(fd))
+	for _, f := range cmds { // sent before the loop ended: they still run
+		f()
 	}
-	for fd := range e.paused {
-		unix.Close(int(fd))
+	for _, fe := range e.listeners {
+		e.dropListener(fe)
+	}
+	for _, fe := range e.paused {
+		e.dropListener(fe)
 	}
 	for _, p := range e.pipes {
 		unix.Close(p[0])
@@ -322,8 +341,8 @@ func (e *engine) accept(fe *frontend) {
 		default:
 			// Out of file descriptors and the like: the listener stays
 			// readable, so take it out of the set for a while rather than spin.
-			backoff := min(max(2*fe.backoff, 5*time.Millisecond), time.Second)
-			fe.backoff = backoff
+			backoff := min(max(2*e.backoff[fe], 5*time.Millisecond), time.Second)
+			e.backoff[fe] = backoff
 			e.b.log.WithError(err).WithFields(logrus.Fields{"frontend": fe.name, "retry_in": backoff.String()}).Warn("accept failed")
 			fd := int32(fe.lfd)
 			unix.EpollCtl(e.ep, unix.EPOLL_CTL_DEL, int(fd), nil)
@@ -350,7 +369,9 @@ func (e *engine) addListenerNow(fe *frontend) {
 }
 
 func (e *engine) startSession(fe *frontend, fd int, sa unix.Sockaddr) {
-	fe.backoff = 0
+	if len(e.backoff) > 0 {
+		delete(e.backoff, fe)
+	}
 	b := e.b
 	fc := fe.cfg.Load()
 	n := fe.active.Add(1)

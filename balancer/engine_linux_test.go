@@ -14,21 +14,25 @@ import (
 	"time"
 )
 
-// splicedBytes reads the engine's splice counter on its loop.
+// splicedBytes reads the engines' splice counters on their loops.
 func (b *Balancer) splicedBytes(t *testing.T) int64 {
 	t.Helper()
-	var eng *engine
-	waitFor(t, "the engine", func() bool { // Run starts it
+	var engines []*engine
+	waitFor(t, "the engines", func() bool { // Run starts them
 		b.mu.RLock()
 		defer b.mu.RUnlock()
-		eng = b.eng
-		return eng != nil
+		engines = b.engines
+		return len(engines) > 0
 	})
-	got := make(chan int64, 1)
-	if !eng.do(func() { got <- eng.spliced }) {
-		t.Fatal("engine stopped")
+	var sum int64
+	for _, e := range engines {
+		got := make(chan int64, 1)
+		if !e.do(func() { got <- e.spliced }) {
+			t.Fatal("engine stopped")
+		}
+		sum += <-got
 	}
-	return <-got
+	return sum
 }
 
 // Established sessions live on the event loop: holding many of them must
