@@ -38,8 +38,14 @@ func (b *Balancer) splicedBytes(t *testing.T) int64 {
 // Established sessions live on the event loop: holding many of them must
 // not start a goroutine per session, as the goroutine path does (two each).
 func TestEngineHoldsSessionsWithoutGoroutines(t *testing.T) {
+	for _, loops := range []int{1, 3} {
+		t.Run(fmt.Sprintf("loops=%d", loops), func(t *testing.T) { testEngineHolds(t, loops) })
+	}
+}
+
+func testEngineHolds(t *testing.T, loops int) {
 	sk := startSink(t, "127.0.0.1") // another process: its sessions cost this one nothing
-	bal := startBalancer(t, poolYAML("", []string{fmt.Sprintf("{name: s, address: %q}", sk.addr)}, ""), Options{})
+	bal := startBalancer(t, poolYAML("", []string{fmt.Sprintf("{name: s, address: %q}", sk.addr)}, ""), Options{Loops: loops})
 	addr := bal.frontend(t, "smtp")
 	hold(t, addr, "") // one session first, so lazily started runtime goroutines exist
 	before := runtime.NumGoroutine()
@@ -86,7 +92,13 @@ func hashServer(t *testing.T) string {
 
 // A large message goes by splice(2), byte-exact; short commands do not.
 func TestEngineSplicesBulk(t *testing.T) {
-	bal := startBalancer(t, poolYAML("", []string{fmt.Sprintf("{name: h, address: %q}", hashServer(t))}, ""), Options{})
+	for _, loops := range []int{1, 3} {
+		t.Run(fmt.Sprintf("loops=%d", loops), func(t *testing.T) { testEngineSplices(t, loops) })
+	}
+}
+
+func testEngineSplices(t *testing.T, loops int) {
+	bal := startBalancer(t, poolYAML("", []string{fmt.Sprintf("{name: h, address: %q}", hashServer(t))}, ""), Options{Loops: loops})
 	addr := bal.frontend(t, "smtp")
 
 	send := func(payload []byte) string {
