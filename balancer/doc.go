@@ -27,9 +27,10 @@
 //     session is logged.
 //   - The PROXY protocol header (v1 or v2) is written right after connect,
 //     before the greeting is awaited.
-//   - On Linux an engine (engine_linux.go) serves the sessions: one event
-//     loop on a locked OS thread that accepts, connects, reads greetings and
-//     relays, on sockets Go's poller never sees. Commands and replies move
+//   - On Linux engines (engine_linux.go) serve the sessions: event loops,
+//     one per two GOMAXPROCS, each on a locked OS thread, each accepting on
+//     every frontend, connecting, reading greetings and relaying, on
+//     sockets Go's poller never sees. Commands and replies move
 //     by recv and send; once a read fills the buffer, the rest of that
 //     direction goes by splice(2) through a pipe, without entering user
 //     space. A session that must wait for a slot (max_conns), connect to a

@@ -16,6 +16,13 @@
 #                     session here); chainmail-info also writes its session
 #                     line per session to a file
 #   STRACE=1          also count chainmail's splice(2) calls in an extra run
+#   SEPARATE=1        start every server (sinks and proxies) in a session of
+#                     its own. With the kernel's autogroup scheduling on
+#                     (/proc/sys/kernel/sched_autogroup_enabled), each then
+#                     gets its own share of the contended CPU, as a systemd
+#                     service gets its own cgroup. With 0, everything shares
+#                     one group with the client, and a proxy's share of the
+#                     two cores grows with its number of busy threads.
 # The "cpu us/sess" column is the proxy's own CPU time (user+system) per
 # session over the measured time; for "direct" it is the two smtp-sinks'.
 #   KEEP=1            keep the temporary directory (configs, logs)
@@ -30,6 +37,7 @@ MSGS=${MSGS:-"1 20"}
 SIZE=${SIZE:-1024}
 TARGETS=${TARGETS:-"direct haproxy nginx chainmail chainmail-info"}
 STRACE=${STRACE:-1}
+SEPARATE=${SEPARATE:-1}
 PORT_BASE=${PORT_BASE:-13100}
 S1=127.0.0.1:$((PORT_BASE + 1))
 S2=127.0.0.1:$((PORT_BASE + 2))
@@ -76,7 +84,13 @@ install_tools() {
 start() { # name, command...; sets LAST_PID
 	local name=$1
 	shift
-	"$@" >"$TMP/$name.out" 2>&1 &
+	if [ "$SEPARATE" = 1 ]; then
+		# Not a process group leader here, so setsid execs without a fork:
+		# $! stays the server's PID.
+		setsid "$@" >"$TMP/$name.out" 2>&1 &
+	else
+		"$@" >"$TMP/$name.out" 2>&1 &
+	fi
 	LAST_PID=$!
 	PIDS+=("$LAST_PID")
 }
@@ -185,6 +199,7 @@ main() {
 	start_all
 	log "machine: $(nproc) cores, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 	log "haproxy $(/usr/sbin/haproxy -v | head -1 | awk '{print $3}'), nginx $(/usr/sbin/nginx -v 2>&1 | cut -d/ -f2), load: $(cut -d' ' -f1-3 /proc/loadavg)"
+	log "scheduling: SEPARATE=$SEPARATE, autogroup $(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null || echo unknown)"
 
 	for m in $MSGS; do
 		for r in $(seq "$REPEAT"); do
