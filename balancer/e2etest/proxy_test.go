@@ -45,12 +45,22 @@ func (l *lockedBuffer) String() string {
 // answers; it is stopped by PID (SIGTERM, then SIGKILL) at cleanup.
 func startBalance(t *testing.T, cfg, admin string) *lockedBuffer {
 	t.Helper()
+	return startBalanceLimited(t, cfg, admin, 0)
+}
+
+// startBalanceLimited is startBalance with at most nofile open files, if
+// nofile > 0 (the shell execs the balancer, so the PID stays its own).
+func startBalanceLimited(t *testing.T, cfg, admin string, nofile int) *lockedBuffer {
+	t.Helper()
 	file := filepath.Join(t.TempDir(), "balancer.yaml")
 	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	out := &lockedBuffer{}
 	cmd := exec.Command(testutil.Binary(t), "balance", "-c", file)
+	if nofile > 0 {
+		cmd = exec.Command("/bin/sh", "-c", fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, nofile), testutil.Binary(t), "balance", "-c", file)
+	}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // even if the test binary dies
 	if err := cmd.Start(); err != nil {
