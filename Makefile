@@ -38,7 +38,7 @@ FUZZ_TARGETS := \
 	./archive:FuzzParseHeaders ./archive:FuzzParseCommonDate \
 	./journal:FuzzParse ./journal:FuzzUnwrapNDR ./journal:FuzzDecodeSubaddress \
 	./listener:FuzzSession ./web:FuzzParseQuery ./web:FuzzConsoleMIMEParts \
-	./balancer:FuzzParseConfig ./balancer:FuzzReadReply \
+	./balancer:FuzzParseConfig ./balancer:FuzzReadReply ./balancer:FuzzGreetingParser \
 	./cmd/chainmail:FuzzSplitMbox ./cmd/chainmail:FuzzMboxRoundTrip ./cmd/chainmail:FuzzMaildirNames
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \

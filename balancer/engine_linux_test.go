@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -141,4 +142,35 @@ func testEngineSplices(t *testing.T, loops int) {
 	if d := bal.splicedBytes(t) - base; d < int64(len(big))*9/10 {
 		t.Fatalf("only %d of %d bytes were spliced", d, len(big))
 	}
+}
+
+// FuzzGreetingParser: the loop's incremental greeting parser, fed the
+// input in pieces of any size, agrees with readReply on the whole: the
+// same reply (code and bytes) or no reply.
+func FuzzGreetingParser(f *testing.F) {
+	for _, s := range []string{"220 ok\r\n", "220-a\r\n220 b\r\nEHLO", "250-x\n250 y\n", "421 4.3.2 busy\r\n", "2", "220-\r\n220\r\n", "220-a\r\n250 b\r\n"} {
+		f.Add([]byte(s), []byte{0, 3, 1})
+	}
+	f.Fuzz(func(t *testing.T, in, cuts []byte) {
+		s := &esess{}
+		var done bool
+		var perr error
+		rest := in
+		for i := 0; len(rest) > 0 && !done && perr == nil; i++ {
+			n := len(rest)
+			if i < len(cuts) {
+				n = min(n, int(cuts[i])+1)
+			}
+			s.greet = append(s.greet, rest[:n]...)
+			rest = rest[n:]
+			done, perr = s.parseGreeting()
+		}
+		rep, err := readReply(bufio.NewReaderSize(bytes.NewReader(in), replyBufSize))
+		switch {
+		case err == nil && (!done || perr != nil || s.code != rep.code || !bytes.Equal(s.greet[:s.parsed], rep.raw)):
+			t.Fatalf("readReply: %d %q; loop: done %v, %v, %d %q", rep.code, rep.raw, done, perr, s.code, s.greet[:s.parsed])
+		case err != nil && done && perr == nil:
+			t.Fatalf("readReply: %v; loop found a reply %d %q", err, s.code, s.greet[:s.parsed])
+		}
+	})
 }
