@@ -144,7 +144,6 @@ func (p *pool) acquire(ctx context.Context, key []byte, tried []*server, queueTi
 	}
 }
 
-// release gives back the slot a session held on s.
 // tryAcquire is acquire without the wait: full reports that a slot would
 // have to be waited for.
 func (p *pool) tryAcquire(key []byte, tried []*server) (s *server, full bool) {
@@ -157,6 +156,7 @@ func (p *pool) tryAcquire(key []byte, tried []*server) (s *server, full bool) {
 	return s, full
 }
 
+// release gives back the slot a session held on s.
 func (p *pool) release(s *server) {
 	p.mu.Lock()
 	s.active--
