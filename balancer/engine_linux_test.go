@@ -67,28 +67,12 @@ func testEngineHolds(t *testing.T, loops int) {
 // SHA-256 of what it read and closes.
 func hashServer(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(30 * time.Second))
-				io.WriteString(c, "220 hash.test ready\r\n")
-				h := sha256.New()
-				io.Copy(h, c)
-				fmt.Fprintf(c, "250 %x\r\n", h.Sum(nil))
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return startFake(t, func(c *net.TCPConn) {
+		io.WriteString(c, "220 hash.test ready\r\n")
+		h := sha256.New()
+		io.Copy(h, c)
+		fmt.Fprintf(c, "250 %x\r\n", h.Sum(nil))
+	}).addr
 }
 
 // A large message goes by splice(2), byte-exact; short commands do not.
